@@ -247,8 +247,11 @@ class ImageDensity:
         self.cell_area = 4.0 / (self.height * self.width)
         with np.errstate(divide="ignore"):
             self._log_density = np.log(self.probs) - np.log(self.cell_area)  # log P_ij / A
-        with np.errstate(divide="ignore"):
-            self._flat_logits = jnp.asarray(np.log(self.probs).ravel(), dtype=jnp.float32)
+        # Inverse-CDF sampling: cell k is chosen when cdf[k-1] <= u < cdf[k]. Computed in
+        # float64, so a white cell (zero mass) has cdf[k-1] == cdf[k] and is never chosen.
+        cdf = np.cumsum(self.probs.ravel())
+        cdf[-1] = 1.0
+        self._cdf = jnp.asarray(cdf, dtype=jnp.float32)
 
     @property
     def log_density_image(self) -> np.ndarray:
@@ -260,7 +263,8 @@ class ImageDensity:
         if int(n) < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}.")
         key_cell, key_jitter = jax.random.split(key)
-        cells = jax.random.categorical(key_cell, self._flat_logits, shape=(int(n),))
+        u_cell = jax.random.uniform(key_cell, (int(n),))
+        cells = jnp.minimum(jnp.searchsorted(self._cdf, u_cell, side="right"), self._cdf.size - 1)
         rows, cols = cells // self.width, cells % self.width
         u = jax.random.uniform(key_jitter, (int(n), 2))
         x = -1.0 + (cols + u[:, 0]) * (2.0 / self.width)

@@ -1,0 +1,102 @@
+"""The conventions every chapter notebook keeps (see DESIGN.md and the chapter issues)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+CHAPTERS = [
+    entry["file"]
+    for part in TOC["parts"]
+    for entry in part["chapters"]
+    if entry["file"].startswith("chapters/")
+]
+
+
+def load(name: str):
+    return nbformat.read(ROOT / f"{name}.ipynb", as_version=4)
+
+
+def test_every_chapter_in_the_toc_exists():
+    assert len(CHAPTERS) == 7
+    missing = [c for c in CHAPTERS if not (ROOT / f"{c}.ipynb").exists()]
+    assert not missing, f"chapters listed in _toc.yml but missing: {missing}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_setup_cell_installs_from_the_configured_repository(chapter):
+    nb = load(chapter)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    urls = re.findall(r'REPO_URL = "([^"]+)"', first_code.source)
+    assert urls == [CONFIG["repository"]["url"]], "the setup cell must name _config.yml's repository.url"
+    assert "find_spec(\"fm_helpers\")" in first_code.source, "the setup cell must do nothing when fm_helpers is installed"
+    assert "FM_HELPERS_SOURCE" in first_code.source, "make colab-check points the install at the checkout"
+    assert "jax==" in first_code.source, "the setup cell must pin Colab's installed jax"
+    assert "hide-cell" in first_code.metadata.get("tags", []), "tag the setup cell hide-cell"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_committed_without_outputs(chapter):
+    """Only cells marked NBVAL_CHECK_OUTPUT keep an output: nbval's reference text."""
+    for cell in load(chapter).cells:
+        if cell.cell_type != "code":
+            continue
+        assert cell.execution_count is None, f"execution count left in: {cell.source[:60]!r}"
+        if "# NBVAL_CHECK_OUTPUT" in cell.source:
+            assert all(o.output_type == "stream" for o in cell.outputs)
+        else:
+            assert not cell.outputs, f"output left in: {cell.source[:60]!r}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_structure(chapter):
+    nb = load(chapter)
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    text = "\n".join(markdown)
+    assert re.match(r"\(\S+\)=\s*\n# ", markdown[0]), "first cell: a label, then the H1 title"
+    assert len(re.findall(r"^# ", text, flags=re.M)) == 1, "exactly one H1 title"
+    assert re.search(r"^#+ .*Objectives", text, flags=re.M | re.I), "objectives at the top"
+    assert re.search(r"^#+ .*Summary", text, flags=re.M | re.I), "a summary"
+    assert re.search(r"^#+ .*Exercises", text, flags=re.M | re.I), "exercises"
+    assert text.count(":::{dropdown} Solution") >= 2, "at least two exercises with revealable solutions"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_checks_the_reader_can_see(chapter):
+    code = "\n".join(c.source for c in load(chapter).cells if c.cell_type == "code")
+    assert re.search(r"^\s*assert .+, ", code, flags=re.M), "at least one assert with a message"
+    assert "fm_helpers" in code
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_no_myst_nb_imports(chapter):
+    """`from myst_nb import glue` fails in Colab."""
+    code = "\n".join(c.source for c in load(chapter).cells if c.cell_type == "code")
+    assert "myst_nb" not in code and "glue(" not in code
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_expected_errors_are_marked_for_both_runners(chapter):
+    for cell in load(chapter).cells:
+        if cell.cell_type != "code":
+            continue
+        tagged = "raises-exception" in cell.metadata.get("tags", [])
+        marked = "NBVAL_RAISES_EXCEPTION" in cell.source
+        assert tagged == marked, f"tag raises-exception and NBVAL_RAISES_EXCEPTION go together: {cell.source[:60]!r}"
+
+
+def test_book_config():
+    assert CONFIG["only_build_toc_files"] is True
+    assert CONFIG["execute"]["stderr_output"] == "remove"
+    assert CONFIG["execute"]["timeout"] >= 90
+    assert CONFIG["sphinx"]["recursive_update"] is True
+    for pattern in (".venv", "_build", "tests"):
+        assert pattern in CONFIG["exclude_patterns"]
