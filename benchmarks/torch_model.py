@@ -1,0 +1,184 @@
+"""The course's velocity network and Flow Matching loss, written again in eager PyTorch.
+
+A faithful copy of :class:`fm_helpers.model.VelocityUNet` with its default settings
+(widths 64-128-256, 64 Fourier frequencies, a 64-feature time embedding, SiLU, skip
+concatenations), built from the Flax parameters so that both start from the same
+weights. ``check_same`` measures how far the two are apart on the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TimeDense(nn.Module):
+    """``y = W x + b + U e(t)``, as fm_helpers.model.TimeDense."""
+
+    def __init__(self, fan_in: int, features: int, time_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(fan_in, features)
+        self.time = nn.Linear(time_dim, features, bias=False)
+
+    def forward(self, x, t_emb):
+        return self.dense(x) + self.time(t_emb)
+
+
+class TorchVelocityUNet(nn.Module):
+    def __init__(self, dim=2, widths=(64, 128, 256), time_dim=64, embedding_size=64):
+        super().__init__()
+        self.register_buffer("W", torch.zeros(embedding_size))  # fixed Fourier frequencies
+        self.time_in = nn.Linear(2 * embedding_size, time_dim)
+        self.time_out = nn.Linear(time_dim, time_dim)
+        self.inp = nn.Linear(dim, widths[0])
+        self.encoder = nn.ModuleList(
+            TimeDense(a, b, time_dim) for a, b in zip(widths[:-1], widths[1:])
+        )
+        decoder, width = [], widths[-1]
+        for skip in reversed(widths[:-1]):
+            decoder.append(TimeDense(width, skip, time_dim))
+            width = 2 * skip  # after concatenating the skip
+        self.decoder = nn.ModuleList(decoder)
+        self.out = nn.Linear(width, dim)
+
+    def forward(self, x, t):
+        angles = 2.0 * math.pi * t[:, None] * self.W[None, :]
+        t_emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        t_emb = self.time_out(nn.functional.silu(self.time_in(t_emb)))
+        h = nn.functional.silu(self.inp(x))
+        skips = [h]
+        for layer in self.encoder:
+            h = nn.functional.silu(layer(h, t_emb))
+            skips.append(h)
+        skips.pop()
+        for layer, skip in zip(self.decoder, reversed(skips)):
+            h = nn.functional.silu(layer(h, t_emb))
+            h = torch.cat([h, skip], dim=-1)
+        return self.out(h)
+
+
+def _copy_dense(linear: nn.Linear, p) -> None:
+    linear.weight.data = torch.from_numpy(np.array(p["kernel"]).T.copy())
+    if linear.bias is not None:
+        linear.bias.data = torch.from_numpy(np.array(p["bias"]).copy())
+
+
+def from_flax(params) -> TorchVelocityUNet:
+    """The PyTorch network with the weights of Flax ``params`` of a default VelocityUNet.
+
+    Flax names layers in the order they are created: in ``Dense(Dense(t))`` the outer
+    layer is created first, so ``Dense_0`` is the second time layer and ``Dense_1`` the first.
+    """
+    dim = np.shape(params["Dense_2"]["kernel"])[0]
+    model = TorchVelocityUNet(dim=dim)
+    model.W.copy_(torch.from_numpy(np.array(params["GaussianFourierProjection_0"]["W"])))
+    _copy_dense(model.time_in, params["Dense_1"])
+    _copy_dense(model.time_out, params["Dense_0"])
+    _copy_dense(model.inp, params["Dense_2"])
+    _copy_dense(model.out, params["Dense_3"])
+    for i, layer in enumerate(list(model.encoder) + list(model.decoder)):
+        _copy_dense(layer.dense, params[f"TimeDense_{i}"]["Dense_0"])
+        _copy_dense(layer.time, params[f"TimeDense_{i}"]["Dense_1"])
+    return model
+
+
+def fm_loss(model, x0, x1, t):
+    """The conditional Flow Matching loss with sigma_min = 0 (fm_helpers.loss.conditional_loss)."""
+    x_t = (1.0 - t[:, None]) * x0 + t[:, None] * x1
+    u_t = x1 - x0
+    return ((model(x_t, t) - u_t) ** 2).sum(dim=-1).mean()
+
+
+class TorchTrainer:
+    """Adam (lr 1e-3) on the Flow Matching loss; one ``step`` draws a batch with
+    replacement, fresh noise and times, like fm_helpers.train.make_train_step."""
+
+    def __init__(self, params, data: np.ndarray, batch_size: int, learning_rate: float = 1e-3, seed: int = 0,
+                 threads: int | None = None):
+        torch.manual_seed(seed)
+        self.threads = threads or torch.get_num_threads()
+        self.model = from_flax(params)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+        self.data = torch.from_numpy(np.array(data, dtype=np.float32))
+        self.batch_size = batch_size
+
+    def step(self) -> torch.Tensor:
+        idx = torch.randint(0, self.data.shape[0], (self.batch_size,))
+        x1 = self.data[idx]
+        x0 = torch.randn_like(x1)
+        t = torch.rand(self.batch_size)
+        loss = fm_loss(self.model, x0, x1, t)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def profile(self, num_steps: int) -> dict:
+        """Mean microseconds per step in each phase (PyTorch on a CPU runs synchronously,
+        so a clock read between phases times each one)."""
+        torch.set_num_threads(self.threads)
+        clock = time.perf_counter
+        totals = dict.fromkeys(("batch", "forward + loss", "backward", "optimizer"), 0.0)
+        for _ in range(num_steps):
+            t0 = clock()
+            idx = torch.randint(0, self.data.shape[0], (self.batch_size,))
+            x1 = self.data[idx]
+            x0 = torch.randn_like(x1)
+            t = torch.rand(self.batch_size)
+            t1 = clock()
+            loss = fm_loss(self.model, x0, x1, t)
+            t2 = clock()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t3 = clock()
+            self.optimizer.step()
+            t4 = clock()
+            for k, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                totals[k] += dt
+        return {k: v / num_steps * 1e6 for k, v in totals.items()}
+
+    def run(self, num_steps: int) -> float:
+        torch.set_num_threads(self.threads)
+        for _ in range(num_steps):
+            loss = self.step()
+        return float(loss.detach())
+
+
+def check_same(apply_fn, params, n: int = 256, seed: int = 0) -> dict:
+    """Largest differences between the Flax and PyTorch networks on the same inputs:
+    outputs, loss and every gradient entry (float32 round-off is about 1e-6)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fm_helpers.loss import conditional_loss
+
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((n, 2)).astype(np.float32)
+    x1 = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    t = rng.uniform(0, 1, n).astype(np.float32)
+    model = from_flax(params)
+    out_jax = np.asarray(apply_fn({"params": params}, jnp.asarray(x1), jnp.asarray(t)))
+    loss_jax, grads_jax = jax.value_and_grad(
+        lambda p: conditional_loss(apply_fn, p, jnp.asarray(x0), jnp.asarray(x1), jnp.asarray(t))
+    )(params)
+    out_torch = model(torch.from_numpy(x1), torch.from_numpy(t)).detach().numpy()
+    loss_torch = fm_loss(model, torch.from_numpy(x0), torch.from_numpy(x1), torch.from_numpy(t))
+    loss_torch.backward()
+    torch_grads = from_flax(jax.tree_util.tree_map(np.asarray, grads_jax))  # same layout, JAX grads as weights
+    diffs = []
+    for (name, p_t), (_, g_j) in zip(model.named_parameters(), torch_grads.named_parameters()):
+        diffs.append(float(np.max(np.abs(p_t.grad.numpy() - g_j.detach().numpy()))))
+    n_params = sum(p.numel() for p in model.parameters())
+    n_params_jax = sum(int(np.size(v)) for k, v in jax.tree_util.tree_leaves_with_path(params)
+                       if "GaussianFourierProjection" not in jax.tree_util.keystr(k))
+    return {
+        "max_abs_output_diff": float(np.max(np.abs(out_jax - out_torch))),
+        "abs_loss_diff": abs(float(loss_jax) - float(loss_torch.detach())),
+        "max_abs_grad_diff": max(diffs),
+        "trainable_params_torch": int(n_params),
+        "trainable_params_jax": int(n_params_jax),
+    }
