@@ -102,8 +102,10 @@ def solve(
     else:
         if int(num_steps) < 1:
             raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
-        controller, dt0 = diffrax.ConstantStepSize(), (t1 - t0) / int(num_steps)
-        max_steps = int(num_steps)
+        # dt0 as an array, and a step cap that does not depend on num_steps, so that Diffrax
+        # compiles once per solver rather than once per step count (same numbers either way).
+        controller, dt0 = diffrax.ConstantStepSize(), jnp.asarray((t1 - t0) / int(num_steps))
+        max_steps = max(max_steps, int(num_steps))
     term = diffrax.ODETerm(vector_field)
     sol = diffrax.diffeqsolve(
         term, spec.make(), t0, t1, dt0, y0,
