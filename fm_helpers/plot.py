@@ -7,6 +7,7 @@ can put several panels side by side.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import matplotlib.pyplot as plt
@@ -100,4 +101,21 @@ def animate(trajectory, ts, *, lim: float = LIM, n_show: int = 2000, interval: i
     anim = animation.FuncAnimation(fig, frame, frames=len(traj), interval=interval, blit=False)
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
+    return _offline_controls(html)
+
+
+# Matplotlib's player draws its buttons with Font Awesome icons loaded from a CDN, which
+# fails offline (and in the browser test); plain Unicode symbols need no download.
+_FONT_AWESOME = re.compile(r'<link rel="stylesheet"\s+href="https://[^"]*font-awesome[^"]*">')
+_ICONS = {
+    "fa fa-minus": "\u2212", "fa fa-fast-backward": "\u23ee", "fa fa-step-backward": "\u25c0\u2759",
+    "fa fa-play fa-flip-horizontal": "\u25c0", "fa fa-pause": "\u23f8", "fa fa-play": "\u25b6",
+    "fa fa-step-forward": "\u2759\u25b6", "fa fa-fast-forward": "\u23ed", "fa fa-plus": "+",
+}
+
+
+def _offline_controls(html: str) -> str:
+    html = _FONT_AWESOME.sub("", html)
+    for icon, symbol in _ICONS.items():
+        html = html.replace(f'<i class="{icon}"></i>', symbol)
     return html
