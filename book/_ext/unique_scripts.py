@@ -27,7 +27,9 @@ def _dedupe(app, pagename, templatename, context, doctree) -> None:
         if key not in seen:
             seen.add(key)
             unique.append(script)
-    context["script_files"] = unique
+    # in place: the context shares this list with the builder, and handlers that run
+    # later (Sphinx's MathJax among them) add their scripts to it
+    scripts[:] = unique
 
 
 def setup(app):
