@@ -87,8 +87,8 @@ def nfe(n: dict, path: Path) -> None:
     a = n["adaptive"]
     ax.scatter([a["nfe"]], [a["energy_distance"]], marker="*", s=150, color="k", zorder=3,
                label=f"tsit5 adaptive (NFE {a['nfe']})")
-    ax.axhline(a["energy_distance"] + 0.1 * abs(a["energy_distance"]), color="gray", ls="--", lw=1,
-               label="adaptive + 10%")
+    ax.axhline(a["energy_distance"] + n["tolerance"], color="gray", ls="--", lw=1,
+               label="adaptive + 10% (floor-aware)")
     ax.axvline(16, color="gray", ls=":", lw=1, label="NFE = 16")
     _energy_y(ax, [r["energy_distance"] for r in n["fixed"]], n["exact_sample_energy_distance"])
     ax.set(xlabel="NFE (velocity evaluations)", ylabel="energy distance to test set",
