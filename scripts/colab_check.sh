@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make colab-check: run every chapter on Google Colab's package versions, with each
 # chapter's setup cell in install mode (it installs fm_helpers from this checkout and
-# diffrax, keeping Colab's jax). See scripts/colab_run.py for what is checked.
+# diffrax, keeping Colab's jax). FM_HELPERS_SOURCE points the install at a temporary copy
+# of this working tree, so no git URL is used. See scripts/colab_run.py for the checks.
 #
 # .venv-colab is built from scripts/colab-requirements.txt (Colab's stack, no diffrax,
 # no fm_helpers) with Python 3.13 as on Colab, and rebuilt only when that file or the

@@ -14,7 +14,8 @@ registered as a kernelspec in a temporary directory. For each chapter in _toc.ym
    cell: one asserting that nothing of the course is installed yet, one asserting that
    afterwards jax/jaxlib/flax/optax/numpy/matplotlib/pillow are still Colab's versions and
    that fm_helpers is imported from site-packages, installed (not editable) from
-   FM_HELPERS_SOURCE = this checkout;
+   FM_HELPERS_SOURCE = a temporary copy of this checkout's working tree (tracked and
+   untracked, not ignored files: what a clone would have, plus uncommitted edits);
 3. prints a per-chapter time table and the versions pip installed.
 
 Executed notebooks are written to _build/colab-check/ for inspection. Exit status 1 names
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,6 +77,10 @@ def read_pins(req: Path) -> dict[str, str]:
     return pins
 
 
+def rel(path: Path) -> str:
+    return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
+
+
 def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -102,6 +108,27 @@ def reset_venv(py: Path, baseline: dict[str, str]) -> list[str]:
                 if after.get(n) != baseline.get(n)}
         raise SystemExit(f"colab-check: could not reset .venv-colab to its baseline: {diff}")
     return [f"-{n}" for n in extra] + [f"~{n}" for n in changed]
+
+
+def snapshot(dest: Path) -> Path:
+    """Copy the checkout's files (tracked and untracked, not git-ignored) to dest.
+
+    Colab's ``pip install git+URL`` builds from a fresh clone; installing from this copy
+    does the same for the working tree (uncommitted edits included) without writing
+    build/ or *.egg-info into the checkout, and without stale files that setuptools
+    leaves in build/lib being packaged. Falls back to the checkout itself outside git.
+    """
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
+                             check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ROOT
+    for rel in filter(None, out.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
 
 
 def pre_check_source() -> str:
@@ -212,8 +239,8 @@ def run_chapter(path: Path, pins: dict[str, str], timeout: int, outdir: Path) ->
         label = where if isinstance(where, str) else f"cell {where} (0-based, of {len(origin) - 2} cells)"
         src = nb.cells[idx].source if idx is not None else ""
         first = next((ln for ln in src.splitlines() if ln.strip() and not ln.startswith("#")), "")
-        result["error"] = (f"{path.relative_to(ROOT)}: {label} failed{': ' + first[:80] if first else ''}"
-                           f" (kernel log: {log.relative_to(ROOT)})\n{error}")
+        result["error"] = (f"{rel(path)}: {label} failed{': ' + first[:80] if first else ''}"
+                           f" (kernel log: {rel(log)})\n" + re.sub(r"\x1b\[[0-9;]*m", "", str(error)))
         return result
     for out in nb.cells[setup + 2].get("outputs", []):
         if out.get("output_type") == "stream":
@@ -221,7 +248,7 @@ def run_chapter(path: Path, pins: dict[str, str], timeout: int, outdir: Path) ->
                 if line.startswith(MARKER):
                     result.update(json.loads(line[len(MARKER):]))
     if "versions" not in result:
-        result["error"] = f"{path.relative_to(ROOT)}: the injected version check printed no result"
+        result["error"] = f"{rel(path)}: the injected version check printed no result"
     return result
 
 
@@ -246,7 +273,8 @@ def main() -> int:
     for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"):
         os.environ.pop(var, None)
     os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["FM_HELPERS_SOURCE"] = str(ROOT)
+    src_tmp = tempfile.TemporaryDirectory(prefix="colab-src-")
+    os.environ["FM_HELPERS_SOURCE"] = str(snapshot(Path(src_tmp.name) / "flow-matching-jax"))
     os.environ["PATH"] = f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # ipykernel's debugger warning on 3.13
@@ -277,6 +305,7 @@ def main() -> int:
                 print(f"ok ({res['seconds']:.1f} s)", flush=True)
                 installed = res["versions"]
         reset_venv(py, baseline)  # leave .venv-colab as Colab's stack, without the course
+    src_tmp.cleanup()
     total = time.perf_counter() - t_all
 
     print()
@@ -292,7 +321,7 @@ def main() -> int:
               + ", ".join(f"{k} {v}" for k, v in installed.items()))
     if failures:
         print(f"\ncolab-check FAILED in {len(failures)} of {len(rows)} chapters "
-              f"(executed notebooks in {outdir.relative_to(ROOT)}/):", file=sys.stderr)
+              f"(executed notebooks in {rel(outdir)}/):", file=sys.stderr)
         for f in failures:
             print("\n" + f, file=sys.stderr)
         return 1
