@@ -121,7 +121,8 @@ def test_split_is_a_partition():
 
 def png_bytes(array: np.ndarray, mode="L") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    # the mode follows from the array (2D uint8: L; 4 channels: RGBA); fromarray(mode=) is deprecated
+    Image.fromarray(array).convert(mode).save(buf, format="PNG")
     return buf.getvalue()
 
 
