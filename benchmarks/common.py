@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fm_helpers.data import ImageDensity, load_image  # noqa: E402
-from fm_helpers.metrics import mean_pairwise_distance  # noqa: E402
+from fm_helpers.metrics import energy_distance, mean_pairwise_distance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,17 +88,15 @@ def make_problem(cfg: Config) -> Problem:
 
 
 class EnergyToTest:
-    """Energy distance of sample sets to one fixed test set (fm_helpers.metrics formula),
-    with the test set's own mean pairwise distance computed once."""
+    """fm_helpers.metrics.energy_distance of sample sets to one fixed test set, with the
+    test set's own mean pairwise distance computed once."""
 
     def __init__(self, test):
         self.test = np.asarray(test)
         self.within_test = mean_pairwise_distance(self.test, self.test, same=True)
 
     def __call__(self, samples) -> float:
-        a = np.asarray(samples)
-        return (2.0 * mean_pairwise_distance(a, self.test) - mean_pairwise_distance(a, a, same=True)
-                - self.within_test)
+        return energy_distance(samples, self.test, b_within=self.within_test)
 
 
 def seconds(fn, *args, **kwargs):

@@ -44,16 +44,18 @@ def mean_pairwise_distance(a, b, *, same: bool = False, block: int = 1024) -> fl
     return total / pairs
 
 
-def energy_distance(a, b) -> float:
-    """Energy distance D^2 between the samples a [n, d] and b [m, d] (see module docstring)."""
+def energy_distance(a, b, *, b_within: float | None = None) -> float:
+    """Energy distance D^2 between the samples a [n, d] and b [m, d] (see module docstring).
+
+    ``b_within``, if given, is ``mean_pairwise_distance(b, b, same=True)`` computed once by a
+    caller that scores many sample sets against the same ``b``.
+    """
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
         raise ValueError(f"need two sample sets [n, d] and [m, d] with n, m >= 2; got {a.shape} and {b.shape}.")
-    return (
-        2.0 * mean_pairwise_distance(a, b)
-        - mean_pairwise_distance(a, a, same=True)
-        - mean_pairwise_distance(b, b, same=True)
-    )
+    if b_within is None:
+        b_within = mean_pairwise_distance(b, b, same=True)
+    return 2.0 * mean_pairwise_distance(a, b) - mean_pairwise_distance(a, a, same=True) - b_within
 
 
 def nll(log_probs) -> tuple[float, float]:
