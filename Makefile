@@ -1,7 +1,8 @@
 # Flow Matching in JAX: the two commands of the README, and a few more.
 #   make book          build the HTML book into _build/html (sets up .venv first)
-#   make test          every check: unit tests, notebooks (nbval), book build, browser, Colab stack
-#   make colab-check   run every chapter on Colab's package versions, setup cell in install mode
+#   make test          every check: unit tests, notebooks (nbval), book build, browser, Colab
+#                      setup; prints the time of each stage (also in _build/test-times.txt)
+#   make colab-check   run every chapter in full on Colab's stack, setup cell in install mode
 #   make bench         measure speed and quality (benchmarks/), write benchmarks/results/latest.json
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,7 +15,7 @@ export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: book test unit notebooks build-book browser browser-test colab-check bench clean
+.PHONY: book test unit notebooks browser browser-test colab-smoke colab-check bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,10 +29,11 @@ book: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/browser tests
 
+# Each chapter runs once, on two workers; chapters/conftest.py hands what ran to the
+# book's cache, so the `book` stage after it executes nothing again.
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env chapters
-
-build-book: book
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadscope \
+		--nbval-lax --nbval-current-env chapters
 
 # Debian's Chromium drives the browser test (browser downloads fail on these machines).
 browser:
@@ -40,10 +42,22 @@ browser:
 browser-test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
+colab-smoke:
+	bash scripts/colab_check.sh --smoke
+
 colab-check:
 	bash scripts/colab_check.sh
 
-test: unit notebooks build-book browser-test colab-check
+TEST_STAGES := unit notebooks book browser-test colab-smoke
+test:
+	@mkdir -p _build && : > _build/test-times.txt
+	@for stage in $(TEST_STAGES); do \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory $$stage; \
+		echo "$$stage $$(( $$(date +%s) - start ))" >> _build/test-times.txt; \
+	done
+	@awk '{printf "%-14s %5d s\n", $$1, $$2; t += $$2} END {printf "%-14s %5d s\n", "make test", t}' \
+		_build/test-times.txt
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt

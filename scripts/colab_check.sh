@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# make colab-check: run every chapter on Google Colab's package versions, with each
-# chapter's setup cell in install mode (it installs fm_helpers from this checkout and
-# diffrax, keeping Colab's jax). FM_HELPERS_SOURCE points the install at a temporary copy
+# make colab-check (and, with --smoke, make colab-smoke): run the chapters on Google
+# Colab's package versions, each chapter's setup cell in install mode (it installs
+# fm_helpers from this checkout and diffrax, keeping Colab's jax). FM_HELPERS_SOURCE points the install at a temporary copy
 # of this working tree, so no git URL is used. See scripts/colab_run.py for the checks.
 #
 # .venv-colab is built from scripts/colab-requirements.txt (Colab's stack, no diffrax,
@@ -30,6 +30,8 @@ find_python() {
 PY=$(find_python)
 KEY="$(sha256sum "$REQ" | cut -d' ' -f1) $("$PY" -c 'import sys; print(sys.version.split()[0])')"
 
+# The runner (nbclient, nbformat) lives in the main .venv.
+make --no-print-directory .venv/.installed
 t0=$SECONDS
 if [[ ! -x $VENV/bin/python || ! -f $STAMP || "$(cat "$STAMP")" != "$KEY" ]]; then
     echo "colab-check: building $VENV with $("$PY" --version) from $REQ"
@@ -37,16 +39,10 @@ if [[ ! -x $VENV/bin/python || ! -f $STAMP || "$(cat "$STAMP")" != "$KEY" ]]; th
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ" 2>&1 | quiet_pip
     # The package set every chapter starts from (the runner resets to it).
-    "$VENV/bin/python" -m pip list --format=json --disable-pip-version-check \
-        | "$VENV/bin/python" -c 'import json,re,sys; print(json.dumps({re.sub(r"[-_.]+","-",p["name"]).lower(): p["version"] for p in json.load(sys.stdin)}, indent=1, sort_keys=True))' \
-        > "$VENV/.baseline.json"
+    .venv/bin/python scripts/colab_run.py --venv "$VENV" --record-baseline
     echo "$KEY" > "$STAMP"
     echo "colab-check: $VENV ready in $((SECONDS - t0)) s"
 fi
 
-# The runner needs nbclient/nbformat from the main .venv.
-if ! .venv/bin/python -c 'import nbclient, nbformat, yaml' >/dev/null 2>&1; then
-    make --no-print-directory .venv/.installed
-fi
 export JAX_PLATFORMS=cpu
 exec .venv/bin/python scripts/colab_run.py "$@"

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+
+import notebooks  # scripts/notebooks.py, beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "# NBVAL_CHECK_OUTPUT"
@@ -32,7 +33,9 @@ def is_checked(cell) -> bool:
 def clean(path: Path, execute: bool) -> None:
     nb = nbformat.read(path, as_version=4)
     if execute:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        run = notebooks.execute(path, nb=nb)
+        if run.error is not None:
+            raise SystemExit(f"{path.relative_to(ROOT)} failed; nothing written:\n{run.error}")
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type != "code":
@@ -56,7 +59,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--no-execute", action="store_true")
     args = parser.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "chapters").glob("*.ipynb"))
+    paths = args.notebooks or notebooks.chapter_paths()
     for path in paths:
         clean(path.resolve(), execute=not args.no_execute)
 

@@ -7,17 +7,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
-TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
-CHAPTERS = [
-    entry["file"]
-    for part in TOC["parts"]
-    for entry in part["chapters"]
-    if entry["file"].startswith("chapters/")
-]
+import notebooks  # scripts/notebooks.py: the toc, read in one place
+
+ROOT = notebooks.ROOT
+CONFIG = notebooks.CONFIG
+CHAPTERS = notebooks.chapters()
+MAX_LINE = 88  # what the widened content column shows without scrolling (tests/browser)
 
 
 def load(name: str):
@@ -25,7 +21,9 @@ def load(name: str):
 
 
 def test_every_chapter_in_the_toc_exists():
-    assert len(CHAPTERS) == 7
+    on_disk = sorted(p.relative_to(ROOT).with_suffix("").as_posix()
+                     for p in (ROOT / "chapters").glob("*.ipynb"))
+    assert sorted(CHAPTERS) == on_disk, "every chapter notebook is in _toc.yml, and only those"
     missing = [c for c in CHAPTERS if not (ROOT / f"{c}.ipynb").exists()]
     assert not missing, f"chapters listed in _toc.yml but missing: {missing}"
 
@@ -77,6 +75,13 @@ def test_checks_the_reader_can_see(chapter):
     code = "\n".join(c.source for c in load(chapter).cells if c.cell_type == "code")
     assert re.search(r"^\s*assert .+, ", code, flags=re.M), "at least one assert with a message"
     assert "fm_helpers" in code
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_code_lines_fit_the_page(chapter):
+    long = [line for c in load(chapter).cells if c.cell_type == "code"
+            for line in c.source.splitlines() if len(line) > MAX_LINE]
+    assert not long, f"{len(long)} code lines over {MAX_LINE} characters, e.g. {long[:3]}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

@@ -3,8 +3,9 @@
 Serves ``_build/html`` on localhost and drives headless Chromium (Debian's ``chromium``;
 browser downloads fail on these machines, so Playwright is pointed at that binary).
 For each page: no console errors, math typeset by MathJax with no raw ``$$`` left,
-every image loaded, every internal link (and its #anchor) resolves, and on chapters
-the Colab button opens that chapter's notebook in the repository. A full-page
+every image loaded, every internal link (and its #anchor) resolves, no code block or
+display equation scrolls sideways in a 1280-pixel window, and on chapters the Colab
+button opens that chapter's notebook in the repository. A full-page
 screenshot of each page goes to ``_build/screenshots/`` for people to look at.
 
 Run ``make book`` first (``make test`` does).
@@ -22,28 +23,18 @@ from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))  # override to check another build
+import notebooks  # scripts/notebooks.py: the toc, read in one place
+
+ROOT = notebooks.ROOT
+HTML = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))  # to check another build
 SHOTS = ROOT / "_build" / "screenshots"
-
-
-def toc_pages() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-    for part in toc.get("parts", []):
-        files += [entry["file"] for entry in part["chapters"]]
-    return files
-
-
-PAGES = toc_pages()
-CHAPTERS = [p for p in PAGES if p.startswith("chapters/")]
+PAGES = notebooks.pages()
+CHAPTERS = notebooks.chapters()
 
 
 def colab_url(chapter: str) -> str:
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    repo = config["repository"]
+    repo = notebooks.CONFIG["repository"]
     org_repo = urlparse(repo["url"]).path.strip("/")
     path = "/".join(x for x in (repo.get("path_to_book", "").strip("/"), chapter) if x)
     return f"https://colab.research.google.com/github/{org_repo}/blob/{repo['branch']}/{path}.ipynb"
@@ -138,6 +129,13 @@ def test_page(page, server, browser):
     broken = [why for href in hrefs if not href.startswith(("mailto:", "javascript:"))
               if (why := check_internal_link(server, url, href))]
     assert not broken, f"internal links that do not resolve on {page}: {broken}"
+
+    # A block wider than its box scrolls sideways: the reader cannot see it at once.
+    too_wide = tab.evaluate("""() => [...document.querySelectorAll(
+        'main pre, main mjx-container[display="true"], main .math')]
+        .filter(e => e.scrollWidth > e.clientWidth + 1)
+        .map(e => `${e.scrollWidth} > ${e.clientWidth}px: ${e.textContent.slice(0, 60)}`)""")
+    assert not too_wide, f"blocks that scroll sideways on {page}: {too_wide}"
 
     if page in CHAPTERS:
         colab = [h for h in hrefs if "colab.research.google.com" in h]
