@@ -1,7 +1,8 @@
 # Flow Matching in JAX: the two commands of the README, and a few more.
 #   make book          build the HTML book into _build/html (sets up .venv first)
 #   make test          every check: unit tests, notebooks (nbval), book build, browser, Colab
-#                      setup; prints the time of each stage (also in _build/test-times.txt)
+#                      stack; prints the time of each stage (also in _build/test-times.txt)
+#   make colab-smoke   on Colab's stack, each chapter's setup cell and imports only
 #   make colab-check   run every chapter in full on Colab's stack, setup cell in install mode
 #   make bench         measure speed and quality (benchmarks/), write benchmarks/results/latest.json
 SHELL := /bin/bash
@@ -48,7 +49,7 @@ colab-smoke:
 colab-check:
 	bash scripts/colab_check.sh
 
-TEST_STAGES := unit notebooks book browser-test colab-smoke
+TEST_STAGES := unit notebooks book browser-test colab-check
 test:
 	@mkdir -p _build && : > _build/test-times.txt
 	@for stage in $(TEST_STAGES); do \

@@ -16,11 +16,10 @@ For each chapter in _toc.yml it
    (tracked and untracked files, not ignored ones: what a clone has, plus edits);
 3. prints a per-chapter time table and the versions pip installed.
 
-``--smoke`` stops each chapter after its first code cell past the setup cell (the
-imports): it proves that the setup cell installs and the course imports on Colab's
-Python and IPython. ``make test`` runs that; the pinned stack in requirements.txt uses
-Colab's versions of the libraries the chapters call, so nbval's full run there covers
-the rest. ``make colab-check`` runs every chapter in full.
+``--smoke`` (``make colab-smoke``) stops each chapter after its first code cell past the
+setup cell (the imports): a quick proof that the setup cell installs and the course
+imports on Colab's Python and IPython. ``make colab-check`` (a stage of ``make test``)
+runs every chapter in full.
 
 Executed notebooks go to _build/colab-check/. Exit status 1 names the chapter and cell.
 """
