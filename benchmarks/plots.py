@@ -79,23 +79,43 @@ def budget(b: dict, path: Path) -> None:
 
 
 def nfe(n: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    """Chapter 6's rule, drawn: each fixed-step setting's mean distance to the adaptive
+    samples from the same noise, and its extra share of samples off the support (its share
+    minus the adaptive one's), against NFE, with the two limits of
+    fm_helpers.metrics.cheapest_within_tolerance."""
+    if "rule" not in n:  # results from before the rule: nothing of it to draw
+        return
+    a, rule = n["adaptive"], n["rule"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for solver in dict.fromkeys(r["solver"] for r in n["fixed"]):
         rows = [r for r in n["fixed"] if r["solver"] == solver]
-        ax.plot([r["nfe"] for r in rows], [r["energy_distance"] for r in rows], marker="o", label=solver,
-                color=COLORS.get(solver))
-    a = n["adaptive"]
-    ax.scatter([a["nfe"]], [a["energy_distance"]], marker="*", s=150, color="k", zorder=3,
-               label=f"tsit5 adaptive (NFE {a['nfe']})")
-    ax.axhline(a["energy_distance"] + n["tolerance"], color="gray", ls="--", lw=1,
-               label="adaptive + 10% (floor-aware)")
-    ax.axvline(16, color="gray", ls=":", lw=1, label="NFE = 16")
-    _energy_y(ax, [r["energy_distance"] for r in n["fixed"]], n["exact_sample_energy_distance"])
-    ax.set(xlabel="NFE (velocity evaluations)", ylabel="energy distance to test set",
-           title="Sample quality against NFE")
-    _log_x(ax, sorted({r["nfe"] for r in n["fixed"]} | {16, a["nfe"]}))
-    ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=8)
+        nfes = [r["nfe"] for r in rows]
+        ax1.plot(nfes, [r["mean_distance"] for r in rows], marker="o", label=solver, color=COLORS.get(solver))
+        extra = np.array([r["excess_off_support"] for r in rows])
+        low, high = np.array([r["excess_off_support_ci"] for r in rows]).T
+        ax2.errorbar(nfes, extra, yerr=[extra - low, high - extra], marker="o", capsize=3, label=solver,
+                     color=COLORS.get(solver))
+    for r in n["fixed"]:
+        if r["within_tolerance"]:
+            ax1.plot(r["nfe"], r["mean_distance"], "o", ms=12, mfc="none", mec="k")
+    ax1.plot([], [], "o", ms=12, mfc="none", mec="k", label="within tolerance")
+    ax1.axhline(rule["distance_tolerance"], color="gray", ls="--", lw=1,
+                label=f"limit: {rule['pixel_fraction']:g} x pixel width")
+    ax1.set(yscale="log", xlabel="NFE (velocity evaluations)", ylabel="mean distance to adaptive sample",
+            title="Distance to the adaptive samples, same noise")
+    ax2.axhline(0.0, color="k", lw=1, label=f"tsit5 adaptive (NFE {a['nfe']}, {100 * a['off_support']:.2f}% off)")
+    ax2.axhline(rule["excess_tolerance"], color="gray", ls="--", lw=1,
+                label=f"limit: {rule['leak_fraction']:g} x adaptive's share")
+    # linear within the limit (zero and negative values show), logarithmic beyond it
+    ax2.set_yscale("symlog", linthresh=rule["excess_tolerance"] or 1e-4)
+    ax2.set(xlabel="NFE (velocity evaluations)", ylabel="extra share off the support (vs adaptive)",
+            title=f"Extra share off the support ({100 * rule['level']:g}% intervals)")
+    ticks = sorted({r["nfe"] for r in n["fixed"]} | {16})
+    for ax in (ax1, ax2):
+        ax.axvline(16, color="gray", ls=":", lw=1, label="NFE = 16 (the goal)")
+        _log_x(ax, ticks)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

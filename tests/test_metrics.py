@@ -4,7 +4,16 @@ import pytest
 from scipy import stats
 
 from fm_helpers.baselines import choose_bandwidth, gaussian_log_prob, kde_log_prob
-from fm_helpers.metrics import energy_distance, kl_gap, mean_pairwise_distance, nll
+from fm_helpers.data import ImageDensity
+from fm_helpers.metrics import (
+    cheapest_within_tolerance,
+    energy_distance,
+    kl_gap,
+    mean_pairwise_distance,
+    nll,
+    off_support,
+    paired_gap,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -56,3 +65,91 @@ def test_bandwidth_choice_prefers_a_sensible_width():
     train, val = RNG.normal(size=(2000, 1)), RNG.normal(size=(500, 1))
     h, scores = choose_bandwidth(train, val, candidates=[0.01, 0.3, 5.0])
     assert h == 0.3 and scores.shape == (3,)
+
+
+# ----------------------------------------------------------------- choosing a solver
+# A 4 x 4 image whose left half is black and right half white: the support is x < 0,
+# and a pixel is 0.5 wide, so the distance tolerance is PIXEL_FRACTION * 0.5 = 0.05.
+HALF = ImageDensity(np.tile([0.0, 0.0, 1.0, 1.0], (4, 1)))
+
+
+def reference_set(n, leak=0.1, seed=1):
+    """n points: the first ``leak * n`` off the support (x > 0), the rest on it (x < 0);
+    of those, the next n // 20 lie 0.001 inside the edge x = 0. Returns the points and
+    the slice of the edge points."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.uniform(-0.9, -0.1, n), rng.uniform(-0.8, 0.8, n)])
+    off = int(leak * n)
+    x[:off, 0] = rng.uniform(0.1, 0.9, off)
+    edge = slice(off, off + n // 20)
+    x[edge, 0] = -0.001
+    return x, edge
+
+
+def test_off_support_follows_log_prob():
+    x = np.array([[-0.5, 0.0], [0.5, 0.0], [-0.5, 1.5], [-1.0, -1.0]])
+    np.testing.assert_array_equal(off_support(HALF, x), [False, True, True, False])
+    np.testing.assert_array_equal(off_support(HALF, x), ~np.isfinite(HALF.log_prob(x)))
+
+
+def test_paired_gap_against_direct_computation():
+    r, edge = reference_set(500)
+    x = r + RNG.normal(scale=0.01, size=r.shape)
+    x[edge, 0] = 0.2  # the 25 edge points moved off the support
+    gap = paired_gap(x, r, HALF, num_resamples=300)
+    assert gap.mean_distance == pytest.approx(np.linalg.norm(x - r, axis=1).mean())
+    assert gap.off_support == pytest.approx(np.mean(x[:, 0] > 0))
+    assert gap.excess_off_support == pytest.approx(np.mean(x[:, 0] > 0) - 0.1)
+    for mean, (low, high) in [(gap.mean_distance, gap.mean_distance_ci),
+                              (gap.excess_off_support, gap.excess_off_support_ci)]:
+        assert low < mean < high
+    same = paired_gap(r, r, HALF, num_resamples=50)
+    assert same.mean_distance == 0 and same.mean_distance_ci == (0.0, 0.0)
+    assert same.excess_off_support_ci == (0.0, 0.0)
+    with pytest.raises(ValueError, match="paired"):
+        paired_gap(x[:-1], r, HALF)
+
+
+def test_rule_picks_the_cheapest_setting_within_tolerance():
+    r, edge = reference_set(4000)
+    far = r + [0.0, 0.1]  # every point 0.2 of a pixel away: too far
+    leaky = r.copy()  # 5% of the points pushed across the edge by 0.002: a tiny mean
+    leaky[edge, 0] = 0.001  # distance, but 0.05 more off the support (limit 0.1 * 0.1)
+    close = r + [0.0, 0.01]  # 0.02 of a pixel, on the support: within tolerance
+    exact = r.copy()  # within tolerance too, but more expensive
+    choice = cheapest_within_tolerance([far, leaky, close, exact], [4, 8, 20, 60], r, HALF)
+    assert choice.distance_tolerance == pytest.approx(0.05)
+    assert choice.reference_off_support == pytest.approx(0.1)
+    assert choice.excess_tolerance == pytest.approx(0.01)
+    assert choice.gaps[1].mean_distance < choice.distance_tolerance  # refused for its leak
+    assert choice.gaps[1].excess_off_support == pytest.approx(0.05)
+    assert choice.within == (False, False, True, True)
+    assert choice.cheapest == 2
+    # equal cost: the smaller distance wins
+    assert cheapest_within_tolerance([close, exact], [20, 20], r, HALF).cheapest == 1
+
+
+def test_rule_refuses_when_nothing_is_within_tolerance():
+    r, _ = reference_set(1000)
+    choice = cheapest_within_tolerance([r + [0.0, 0.1], r + [0.0, 0.3]], [4, 2], r, HALF)
+    assert choice.within == (False, False) and choice.cheapest is None
+
+
+def test_rule_refuses_when_the_samples_cannot_resolve_the_tolerance():
+    # The same 0.5% extra leak (half the 1% limit) in a small and a large sample: with 200
+    # points it is one point, and the bootstrap interval reaches past the limit.
+    for n, expected in [(200, None), (20_000, 0)]:
+        r, edge = reference_set(n)
+        x = r.copy()
+        x[edge.start : edge.start + n // 200, 0] = 0.5
+        choice = cheapest_within_tolerance([x], [10], r, HALF)
+        assert choice.gaps[0].excess_off_support == pytest.approx(0.005)
+        assert choice.cheapest == expected
+
+
+def test_rule_checks_its_arguments():
+    r, _ = reference_set(100)
+    with pytest.raises(ValueError, match="NFE"):
+        cheapest_within_tolerance([r, r], [1], r, HALF)
+    with pytest.raises(ValueError, match="paired"):
+        cheapest_within_tolerance([r[:50]], [1], r, HALF)

@@ -1,11 +1,12 @@
 """Solvers against the closed-form flow of conftest.AffineFlow."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fm_helpers.sample import SOLVERS, sample
+from fm_helpers.sample import FIRST_STEP, SOLVERS, sample
 
 # Largest error allowed after 20 fixed steps, per solver. The errors seen were
 # euler 7e-2, heun 1.5e-3, midpoint 9e-4, tsit5 5e-7: a first-order method is
@@ -24,7 +25,7 @@ def test_fixed_step_solvers_land_on_closed_form(solver, affine, noise):
     assert max_error(result, affine, noise) < FIXED_TOL[solver]
 
 
-@pytest.mark.parametrize("solver", ["tsit5", "dopri5", "heun"])
+@pytest.mark.parametrize("solver", ["tsit5", "dopri5", "heun", "midpoint"])
 def test_adaptive_solvers_land_on_closed_form(solver, affine, noise):
     result = sample(affine, noise, solver=solver)
     assert max_error(result, affine, noise) < ADAPTIVE_TOL
@@ -39,16 +40,20 @@ def test_convergence_order(solver, order, affine, noise):
 
 
 class CountingField:
-    """Wraps a velocity and counts how often the compiled solver really calls it."""
+    """Wraps a velocity and records the time t of every call the compiled solver makes."""
 
     def __init__(self, velocity):
-        self.velocity, self.calls = velocity, 0
+        self.velocity, self.times = velocity, []
 
-    def _tick(self):
-        self.calls += 1
+    @property
+    def calls(self):
+        return len(self.times)
+
+    def _tick(self, t):
+        self.times.append(float(t))
 
     def __call__(self, x, t):
-        jax.debug.callback(self._tick)
+        jax.debug.callback(self._tick, t)
         return self.velocity(x, t)
 
 
@@ -73,11 +78,66 @@ def test_adaptive_nfe_is_counted_evaluations(solver, affine, noise):
     assert result.nfe == field.calls > 0
 
 
+def test_adaptive_first_step(affine, noise):
+    # Tsit5: one evaluation at t = 0, then six stages inside the first step [0, FIRST_STEP]
+    field = CountingField(affine)
+    sample(field, noise, solver="tsit5")
+    jax.effects_barrier()
+    assert max(field.times[:7]) == pytest.approx(FIRST_STEP)
+    assert field.times[7] > FIRST_STEP
+
+
+def test_adaptive_steps_are_shared_by_the_batch(affine, noise):
+    # The controller's RMS runs over the whole batch: a point that needs fewer steps
+    # alone takes the batch's steps when solved with the others.
+    alone = [sample(affine, noise[i : i + 1]).nfe for i in range(8)]
+    together = sample(affine, noise[:8]).nfe
+    assert min(alone) < together
+
+
+SETTINGS = {"scale": 1.0}
+
+
+def velocity_reading_a_global(x, t):
+    return SETTINGS["scale"] * x
+
+
+class ScaledVelocity(eqx.Module):
+    scale: jax.Array  # an array field: an input of the compiled solve
+
+    def __call__(self, x, t):
+        return self.scale * x
+
+
+def test_a_global_read_is_frozen_at_the_first_call(noise):
+    # dx/dt = c x with 4 Euler steps gives x(1) = (1 + c / 4)^4 x(0)
+    def euler4(velocity):
+        return np.asarray(sample(velocity, noise, solver="euler", num_steps=4).samples)
+
+    expected = {c: (1 + c / 4) ** 4 * np.asarray(noise) for c in (1.0, 2.0)}
+    try:
+        SETTINGS["scale"] = 1.0
+        first = euler4(velocity_reading_a_global)
+        SETTINGS["scale"] = 2.0
+        second = euler4(velocity_reading_a_global)
+    finally:
+        SETTINGS["scale"] = 1.0
+    np.testing.assert_allclose(first, expected[1.0], rtol=1e-5)
+    np.testing.assert_allclose(second, expected[1.0], rtol=1e-5)  # not expected[2.0]
+    # passed in as an array field, the value is an input and is not frozen
+    for c in (1.0, 2.0):
+        got = euler4(ScaledVelocity(jnp.asarray(c)))
+        np.testing.assert_allclose(got, expected[c], rtol=1e-5)
+
+
 def test_trajectory_endpoints(affine, noise):
     result = sample(affine, noise, num_steps=10, save_trajectory=11)
     assert result.trajectory.shape == (11,) + noise.shape
     np.testing.assert_allclose(result.trajectory[0], noise, atol=1e-6)
     np.testing.assert_allclose(result.trajectory[-1], result.samples, atol=1e-6)
+    np.testing.assert_allclose(result.ts, np.linspace(0.0, 1.0, 11), atol=1e-7)
+    assert sample(affine, noise, num_steps=4, save_trajectory=True).trajectory.shape[0] == 51
+    assert sample(affine, noise, num_steps=4, save_trajectory=2).ts.shape == (2,)
 
 
 def test_bad_arguments(affine, noise):
@@ -89,3 +149,5 @@ def test_bad_arguments(affine, noise):
         sample(affine, noise, solver="euler", num_steps=0)
     with pytest.raises(ValueError, match=r"\[n, d\]"):
         sample(affine, jnp.zeros(3))
+    with pytest.raises(ValueError, match="k >= 2"):
+        sample(affine, noise, num_steps=4, save_trajectory=1)
