@@ -6,6 +6,8 @@ Fixed-step solvers take ``num_steps`` equal steps of size 1 / num_steps. The ada
 ones (``num_steps=None``) let Diffrax's ``PIDController`` choose the steps. A step is
 accepted when
 
+.. code-block:: text
+
     RMS( error / (atol + rtol * |x|) ) < 1,
 
 where ``error`` is the solver's embedded error estimate for the step, ``|x|`` the larger
@@ -18,6 +20,8 @@ step the next one is 1 to 10 times as long, after a rejected one 0.2 to 0.9 time
 
 The number of function evaluations (NFE) counts every call of the velocity field, rejected
 steps included:
+
+.. code-block:: text
 
     NFE = new evaluations per step x steps taken + evaluations before the first step
 

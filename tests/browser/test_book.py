@@ -130,14 +130,17 @@ def test_page(page, server, browser):
               if (why := check_internal_link(server, url, href))]
     assert not broken, f"internal links that do not resolve on {page}: {broken}"
 
-    # A block wider than its box scrolls sideways: the reader cannot see it at once.
-    too_wide = tab.evaluate("""() => [...document.querySelectorAll(
-        'main pre, main mjx-container[display="true"], main .math')]
-        .filter(e => e.scrollWidth > e.clientWidth + 1)
-        .map(e => `${e.scrollWidth} > ${e.clientWidth}px: ${e.textContent.slice(0, 60)}`)""")
-    assert not too_wide, f"blocks that scroll sideways on {page}: {too_wide}"
-
     if page in CHAPTERS:
         colab = [h for h in hrefs if "colab.research.google.com" in h]
         assert colab == [colab_url(page)], f"Colab button of {page}: {colab}, expected {colab_url(page)}"
+    # A code block or display equation wider than its box scrolls sideways: the reader
+    # cannot see it at once. (What a cell prints is not code, and is not checked here.)
+    too_wide = tab.evaluate("""() => [...document.querySelectorAll(
+        'main pre, main mjx-container[display="true"]')]
+        .filter(e => !e.closest('.cell_output') && e.scrollWidth > e.clientWidth + 1)
+        .map(e => `${e.scrollWidth} > ${e.clientWidth}px: ${e.textContent.slice(0, 60)}`)""")
     tab.close()
+    if page in notebooks.REWRAP_PENDING:  # checked last: every check above still applies
+        assert too_wide, f"{page} fits now: take it out of notebooks.REWRAP_PENDING"
+        pytest.xfail(f"issue 9: {page} still has code lines over 88 characters")
+    assert not too_wide, f"blocks that scroll sideways on {page}: {too_wide}"
