@@ -13,9 +13,15 @@ Then ``l(0) = -int_0^1 div v_t(x_t) dt`` and
 .. math:: \\log p_1(x_1) = \\log p_0(x_0) + l(0) = \\log p_0(x_0) - \\int_0^1 \\nabla \\cdot v_t(x_t)\\, dt ,
 
 with ``p_0 = N(0, I)``. The divergence is either exact (the trace of the Jacobian,
-one forward-mode derivative per dimension) or Hutchinson's unbiased estimate
-``E[e^T (dv/dx) e]`` with Rademacher probes e, drawn once and held fixed along the path
-(Hutchinson, 1989; Grathwohl et al., 2019).
+one forward-mode derivative per dimension) or Hutchinson's estimate ``e^T (dv/dx) e``,
+whose mean over random probes e with ``E[e e^T] = I`` is the trace (Hutchinson, 1989;
+Grathwohl et al., 2019). Here the probes are Rademacher (entries +-1), drawn once per
+point and held fixed along the path. The path does not depend on them, so with
+``M = int_0^1 J_t dt``, the Jacobian integrated along the path, one probe gives
+``l(0) = -e^T M e`` instead of ``-tr M``: an unbiased estimate of the log-density whose
+error is ``-sum_{i != j} e_i e_j M_ij``. In two dimensions that error is
+``-e_1 e_2 (M_12 + M_21)``, so an estimate takes one of two values, and the two probes
+(1, 1) and (1, -1) together give the exact trace.
 """
 
 from __future__ import annotations
@@ -29,7 +35,14 @@ import jax.numpy as jnp
 
 from .sample import solve
 
-__all__ = ["ExactAugmented", "HutchinsonAugmented", "divergence_exact", "divergence_hutchinson", "standard_normal_log_prob", "log_prob"]
+__all__ = [
+    "ExactAugmented",
+    "HutchinsonAugmented",
+    "divergence_exact",
+    "divergence_hutchinson",
+    "standard_normal_log_prob",
+    "log_prob",
+]
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -40,11 +53,17 @@ def standard_normal_log_prob(x: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(x**2, axis=-1) - 0.5 * d * jnp.log(2.0 * jnp.pi)
 
 
-def divergence_exact(velocity: Velocity, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(v, div v)`` at x [n, d]: the Jacobian's diagonal from d forward-mode derivatives.
+def divergence_exact(
+    velocity: Velocity, x: jax.Array, t: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(v, div v)`` at x [n, d], shapes [n, d] and [n]: the trace of each point's Jacobian,
+    from d forward-mode derivatives (JVPs).
 
-    Each point's velocity depends only on that point, so one JVP of the batched function
-    with the tangent e_i on every point gives column i of every point's Jacobian.
+    It assumes that each point's velocity depends only on that point (no coupling across
+    the batch, as in the course's networks). Then one JVP of the batched function with
+    the tangent e_i on every point gives column i of every point's Jacobian, whose i-th
+    entry is the diagonal element J_ii. ``jax.vmap`` runs the d JVPs together and
+    computes the velocity itself once.
     """
     f = lambda y: velocity(y, t)  # noqa: E731
     d = x.shape[-1]
@@ -61,7 +80,13 @@ def divergence_exact(velocity: Velocity, x: jax.Array, t: jax.Array) -> tuple[ja
 def divergence_hutchinson(
     velocity: Velocity, x: jax.Array, t: jax.Array, probes: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """``(v, estimate of div v)`` at x [n, d], averaging ``e^T J e`` over probes [k, n, d]."""
+    """``(v, estimate of div v)`` at x [n, d]: the mean of ``e^T J e`` over the probes
+    ``probes`` [k, n, d] (probe j of point i is ``probes[j, i]``).
+
+    One JVP per probe; ``jax.vmap`` runs them together and computes the velocity itself
+    once, so k probes cost less than k separate JVPs. The same assumption as
+    :func:`divergence_exact`: no coupling across the batch.
+    """
     f = lambda y: velocity(y, t)  # noqa: E731
 
     def one(e):
@@ -73,7 +98,8 @@ def divergence_hutchinson(
 
 
 class ExactAugmented(eqx.Module):
-    """Right-hand side of the augmented ODE ``d(x, l)/dt = (v, div v)``, exact divergence."""
+    """Right-hand side ``(t, (x, l), args) -> (v, div v)`` of the augmented ODE
+    ``d(x, l)/dt = (v_t(x), div v_t(x))``, with the exact divergence."""
 
     velocity: Velocity
 
@@ -82,7 +108,8 @@ class ExactAugmented(eqx.Module):
 
 
 class HutchinsonAugmented(eqx.Module):
-    """The same with Hutchinson's estimate; ``probes`` [k, n, d] stay fixed along the path."""
+    """The same with Hutchinson's estimate of the divergence; the probes [k, n, d] are
+    fields of the module, so they stay fixed along the path."""
 
     velocity: Velocity
     probes: jax.Array
@@ -106,9 +133,17 @@ def log_prob(
 ) -> jax.Array | tuple[jax.Array, int]:
     """``log p_1(x1)`` [n] of the flow that carries N(0, I) at t = 0 to p_1 at t = 1.
 
-    ``method="exact"`` uses the Jacobian trace; ``method="hutchinson"`` needs ``key`` and
-    averages ``num_probes`` Rademacher probes. The augmented ODE is solved backwards
-    from t = 1 to t = 0, adaptively unless ``num_steps`` is given.
+    ``x1`` [n, d]: the points. ``method="exact"`` uses the Jacobian trace;
+    ``method="hutchinson"`` needs ``key``, from which it draws ``num_probes`` Rademacher
+    probes per point, held fixed along the path, and averages their estimates. The
+    augmented ODE is solved backwards from t = 1 to t = 0 with ``solver`` (a key of
+    ``fm_helpers.sample.SOLVERS``): adaptively, with the tolerances ``rtol`` and
+    ``atol``, unless ``num_steps`` fixed steps are asked for. The steps are shared by the
+    whole batch, so a point's value depends, at the level of the solver's error, on the
+    other points solved with it.
+
+    Returns the log-densities [n]; with ``return_nfe=True``, the pair (log-densities,
+    number of velocity evaluations of the solve).
     """
     x1 = jnp.asarray(x1)
     if x1.ndim != 2:
@@ -117,7 +152,10 @@ def log_prob(
         field = ExactAugmented(velocity)
     elif method == "hutchinson":
         if key is None:
-            raise ValueError("method='hutchinson' needs a PRNG key: log_prob(..., key=jax.random.PRNGKey(0)).")
+            raise ValueError(
+                "method='hutchinson' needs a PRNG key: "
+                "log_prob(..., key=jax.random.PRNGKey(0))."
+            )
         if int(num_probes) < 1:
             raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}.")
         probes = jax.random.rademacher(key, (int(num_probes),) + x1.shape, dtype=x1.dtype)

@@ -2,11 +2,16 @@
 
 Taught in chapter 5 ("Training").
 
-On a CPU a step of this small network takes tens of microseconds of arithmetic, and a
-Python loop that calls a jitted step once per iteration spends a comparable time
-dispatching it. :func:`fit` compiles a whole chunk of steps (``chunk_size``) into one
-XLA program with ``jax.lax.scan``, so Python only runs once per chunk, where it also
-advances the progress bar and evaluates the validation loss on fixed noise.
+A Python loop that calls a jit-compiled step once per iteration pays a fixed price per
+call on top of the step's arithmetic: Python runs the loop body and JAX hands the
+``TrainState``'s arrays to XLA and back. :func:`fit` compiles a whole chunk of steps
+(``chunk_size``) into one XLA program with ``jax.lax.scan``, so that price is paid once
+per chunk; between chunks it advances the progress bar and evaluates the validation loss
+on fixed noise. How much this saves depends on the step: on the two-core CPU of the
+benchmarks page (``benchmarks/results/latest.md``), a fused step of this network takes
+about 2.9 ms at batch 256 and the loop adds about 0.31 ms (11%); at batch 32 a fused step
+takes about 0.95 ms and the loop adds about 0.27 ms (28%). Chapter 5 measures both on
+your machine and fits a fixed and a per-sample cost to them.
 
 A step draws ``batch_size`` training points with replacement, fresh noise x_0 and times
 t, and takes one Adam step on :func:`fm_helpers.loss.flow_matching_loss`. Everything
@@ -16,6 +21,7 @@ parameters, bit for bit, on the same machine and versions.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +41,7 @@ from .loss import conditional_loss, flow_matching_loss
 from .model import VelocityUNet
 
 __all__ = [
+    "FINAL_LR_FRACTION",
     "History",
     "create_train_state",
     "make_train_step",
@@ -44,6 +51,15 @@ __all__ = [
     "load_params",
 ]
 
+# The cosine schedule ends at this fraction of the peak learning rate (optax's ``alpha``).
+# Chapter 5's sweep: a decay beats a constant rate; decaying to 0 ends close to 5%.
+FINAL_LR_FRACTION = 0.05
+
+# The network that create_train_state and fit use when no model is given. One shared
+# instance, so that its apply function, part of every TrainState's structure, is the same
+# object from call to call, and compiled programs can be reused.
+_DEFAULT_MODEL = VelocityUNet()
+
 StepFn = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array, jax.Array]]
 
 
@@ -51,13 +67,54 @@ StepFn = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Arra
 class History:
     """What :func:`fit` measured. ``loss[k]`` is the training loss of step k + 1 (a
     one-batch estimate, so it is noisy); ``val_loss[j]`` is the loss on the validation set
-    with fixed noise and times after ``val_steps[j]`` steps."""
+    with fixed noise and times after ``val_steps[j]`` steps.
+
+    ``seconds`` is the wall time of the whole call (set-up, compilation, training,
+    validation, progress bar). ``compile_seconds`` is the part spent compiling, ahead of
+    time, the training chunks (one program per distinct chunk length) and the validation
+    loss. ``steps_per_second`` is the number of steps divided by the time spent running
+    the compiled chunks alone: it excludes compilation, validation and the progress bar,
+    whatever ``steps`` and ``chunk_size`` are."""
 
     loss: np.ndarray
     val_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     val_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    seconds: float = 0.0  # wall time of the whole fit, compilation included
-    steps_per_second: float = 0.0  # measured on the chunks after the first (no compilation)
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    steps_per_second: float = 0.0
+
+
+def _cached(make: Callable) -> Callable:
+    """``make(*args)`` remembered for the last 16 distinct arguments (made anew when an
+    argument cannot be hashed, such as a module with a list among its fields)."""
+    remembered = functools.lru_cache(maxsize=16)(make)
+
+    @functools.wraps(make)
+    def get(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return make(*args)
+        return remembered(*args)
+
+    return get
+
+
+@_cached
+def _compiled_init(model: nn.Module) -> Callable:
+    return jax.jit(model.init)
+
+
+@_cached
+def _adam(learning_rate: float, steps: int | None) -> optax.GradientTransformation:
+    schedule = (
+        learning_rate
+        if steps is None
+        else optax.cosine_decay_schedule(
+            learning_rate, decay_steps=steps, alpha=FINAL_LR_FRACTION
+        )
+    )
+    return optax.adam(schedule)
 
 
 def create_train_state(
@@ -68,20 +125,25 @@ def create_train_state(
     learning_rate: float = 1e-3,
     steps: int | None = None,
 ) -> TrainState:
-    """Initialise the network and an Adam optimiser. With ``steps`` given, the learning
-    rate follows a cosine decay from ``learning_rate`` to 5% of it over ``steps`` steps."""
-    model = VelocityUNet() if model is None else model
-    params = model.init(key, jnp.zeros((1, dim)), jnp.zeros((1,)))["params"]
-    schedule = (
-        learning_rate
-        if steps is None
-        else optax.cosine_decay_schedule(learning_rate, decay_steps=steps, alpha=0.05)
-    )
-    return TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(schedule))
+    """Initialise the network and an Adam optimiser. Without ``steps`` the learning rate
+    is constant; with ``steps`` it follows a cosine decay from ``learning_rate`` to
+    ``FINAL_LR_FRACTION`` (5%) of it over ``steps`` steps and stays there afterwards.
+
+    ``model.init`` runs under ``jax.jit``, compiled once per model: the first call costs
+    about as much as running the initialisers op by op, later calls almost nothing, and
+    the values are the same. The optimiser is built once per ``(learning_rate, steps)``.
+    Two states made with the same model and settings therefore have the same structure,
+    and a compiled training chunk accepts both without compiling again.
+    """
+    model = _DEFAULT_MODEL if model is None else model
+    params = _compiled_init(model)(key, jnp.zeros((1, dim)), jnp.zeros((1,)))["params"]
+    tx = _adam(learning_rate, steps)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
 def make_train_step(batch_size: int, sigma_min: float = 0.0) -> StepFn:
-    """One training step ``(state, key, data) -> (state, key, loss)``, not yet jitted."""
+    """One training step ``(state, key, data) -> (state, key, loss)``, not yet jitted.
+    The key it returns is the one to pass to the next step."""
 
     def step(state: TrainState, key: jax.Array, data: jax.Array):
         key, key_batch, key_loss = jax.random.split(key, 3)
@@ -94,9 +156,12 @@ def make_train_step(batch_size: int, sigma_min: float = 0.0) -> StepFn:
     return step
 
 
+@_cached
 def make_train_chunk(batch_size: int, num_steps: int, sigma_min: float = 0.0) -> StepFn:
     """``num_steps`` training steps fused into one jit-compiled ``lax.scan``:
-    ``(state, key, data) -> (state, key, losses[num_steps])``."""
+    ``(state, key, data) -> (state, key, losses[num_steps])``, the steps (batches, noise
+    and times) that ``num_steps`` calls of :func:`make_train_step` would take. The same
+    arguments return the same jitted function, so what it compiled is reused."""
     step = make_train_step(batch_size, sigma_min)
 
     @jax.jit
@@ -115,8 +180,38 @@ def make_train_chunk(batch_size: int, num_steps: int, sigma_min: float = 0.0) ->
 def _check_points(points: Any, name: str) -> jax.Array:
     arr = np.asarray(points, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] < 1 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a finite array of shape [n, d] with n >= 1; got {arr.shape}.")
+        raise ValueError(
+            f"{name} must be a finite array of shape [n, d] with n >= 1; got {arr.shape}."
+        )
     return jnp.asarray(arr)
+
+
+def _in_jupyter_kernel() -> bool:
+    ipython = sys.modules.get("IPython")  # only loaded when we run under IPython
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class _DisplayLine:
+    """A file for tqdm inside a Jupyter kernel: the bar is one display output that every
+    refresh replaces. Written to stdout instead, each refresh is a separate piece of the
+    cell's output, and a rendered page (myst-nb, with or without ``nb_merge_streams``)
+    puts every piece on a line of its own."""
+
+    encoding = "utf-8"  # lets tqdm draw its bar with Unicode blocks
+
+    def __init__(self) -> None:
+        from IPython.display import display
+
+        self._handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def write(self, text: str) -> None:
+        line = text.split("\r")[-1].rstrip()  # tqdm writes "\r" + bar + padding
+        if line:
+            self._handle.update({"text/plain": line}, raw=True)
+
+    def flush(self) -> None:
+        pass
 
 
 def fit(
@@ -134,12 +229,20 @@ def fit(
 ) -> tuple[TrainState, History]:
     """Train a velocity network with Flow Matching and return ``(state, history)``.
 
-    Steps run ``chunk_size`` at a time inside one compiled ``lax.scan``; the progress bar
-    and the validation loss (on noise and times drawn once, so the curve is smooth)
-    are updated between chunks.
+    The network (``VelocityUNet()`` unless ``model`` is given) starts from parameters
+    drawn from ``seed``; Adam's learning rate decays from ``learning_rate`` as in
+    :func:`create_train_state` with ``steps``. Steps run ``chunk_size`` at a time inside
+    one compiled ``lax.scan`` (a last, shorter chunk when ``chunk_size`` does not divide
+    ``steps``); every chunk length is compiled before training starts. Between chunks the
+    progress bar (on stdout, or one updated line in a notebook) and the validation loss
+    (on noise and times drawn once, so the curve is smooth) are updated. A second call
+    with the same model, batch size, chunk lengths, learning rate, steps and data shape
+    reuses the compiled chunks; its ``compile_seconds`` then counts only the validation
+    loss.
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")
+    start = time.perf_counter()
     data = _check_points(train_points, "train_points")
     key_init, key_train, key_val = jax.random.split(jax.random.PRNGKey(seed), 3)
     state = create_train_state(
@@ -150,40 +253,54 @@ def fit(
     if val_points is not None:
         val = _check_points(val_points, "val_points")
         if val.shape[1] != data.shape[1]:
-            raise ValueError(f"val_points have d={val.shape[1]}, train_points d={data.shape[1]}.")
+            raise ValueError(
+                f"val_points have d={val.shape[1]}, train_points d={data.shape[1]}."
+            )
         key_x0, key_t = jax.random.split(key_val)
         x0_val = jax.random.normal(key_x0, val.shape)
         t_val = jax.random.uniform(key_t, (val.shape[0],))
-        val_loss_fn = jax.jit(
-            lambda params: conditional_loss(state.apply_fn, params, x0_val, val, t_val, sigma_min)
-        )
+
+        def val_loss(params):
+            return conditional_loss(state.apply_fn, params, x0_val, val, t_val, sigma_min)
+
+        val_loss_fn = jax.jit(val_loss)
 
     chunk = min(chunk_size, steps)
     sizes = [chunk] * (steps // chunk) + ([steps % chunk] if steps % chunk else [])
-    runners = {n: make_train_chunk(batch_size, n, sigma_min) for n in set(sizes)}
-    losses, val_steps, val_losses, times = [], [], [], []
-    start = time.perf_counter()
-    done = 0
-    with tqdm(total=steps, disable=not progress, file=sys.stdout, desc="training", unit="step") as bar:
+    # Compile every program before training, so that no timed chunk includes compiling.
+    tick = time.perf_counter()
+    runners = {}
+    for n in sorted(set(sizes)):
+        runner = make_train_chunk(batch_size, n, sigma_min)
+        runners[n] = runner.lower(state, key_train, data).compile()
+    if val_loss_fn is not None:
+        val_loss_fn = val_loss_fn.lower(state.params).compile()
+    compile_seconds = time.perf_counter() - tick
+
+    losses, val_steps, val_losses = [], [], []
+    run_seconds, done = 0.0, 0
+    bar_file = _DisplayLine() if progress and _in_jupyter_kernel() else sys.stdout
+    with tqdm(
+        total=steps, disable=not progress, file=bar_file, desc="training", unit="step"
+    ) as bar:
         for n in sizes:
             tick = time.perf_counter()
             state, key_train, chunk_losses = runners[n](state, key_train, data)
             losses.append(np.asarray(chunk_losses))  # waits for the chunk to finish
-            times.append((n, time.perf_counter() - tick))
+            run_seconds += time.perf_counter() - tick
             done += n
             if val_loss_fn is not None:
                 val_steps.append(done)
                 val_losses.append(float(val_loss_fn(state.params)))
+            bar.set_postfix(loss=f"{losses[-1].mean():.3f}", refresh=False)
             bar.update(n)
-            bar.set_postfix(loss=f"{losses[-1].mean():.3f}")
-    seconds = time.perf_counter() - start
-    timed = times[1:] if len(times) > 1 else times
     history = History(
         loss=np.concatenate(losses),
         val_steps=np.asarray(val_steps, dtype=int),
         val_loss=np.asarray(val_losses),
-        seconds=seconds,
-        steps_per_second=sum(n for n, _ in timed) / sum(s for _, s in timed),
+        seconds=time.perf_counter() - start,
+        compile_seconds=compile_seconds,
+        steps_per_second=steps / run_seconds,
     )
     return state, history
 

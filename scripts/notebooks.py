@@ -26,12 +26,6 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 CACHE = ROOT / (CONFIG["execute"].get("cache") or "_build/.jupyter_cache")
 
 
-# Chapters whose code still has lines over 88 characters (issue 9, "Everywhere"): the
-# line-length and sideways-scroll checks expect them to fail, strictly, so each entry
-# must go as soon as its chapter is rewrapped.
-REWRAP_PENDING = frozenset({"chapters/03_velocity_network", "chapters/05_training",
-                            "chapters/07_density"})
-
 
 def pages() -> list[str]:
     """Every page of the book in reading order, as in ``_toc.yml`` (no suffix)."""

@@ -77,9 +77,7 @@ def test_checks_the_reader_can_see(chapter):
     assert "fm_helpers" in code
 
 
-@pytest.mark.parametrize("chapter", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="issue 9: to be rewrapped"))
-    if c in notebooks.REWRAP_PENDING else c for c in CHAPTERS])
+@pytest.mark.parametrize("chapter", CHAPTERS)
 def test_code_lines_fit_the_page(chapter):
     long = [line for c in load(chapter).cells if c.cell_type == "code"
             for line in c.source.splitlines() if len(line) > MAX_LINE]

@@ -1,11 +1,14 @@
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fm_helpers import train
 from fm_helpers.data import ImageDensity, load_image
 from fm_helpers.density import log_prob
-from fm_helpers.model import velocity_fn
+from fm_helpers.model import VelocityUNet, velocity_fn
 from fm_helpers.plot import square_grid
 from fm_helpers.train import create_train_state, fit, load_params, make_train_chunk, make_train_step, save_params
 
@@ -41,7 +44,105 @@ def test_history(trained):
     np.testing.assert_array_equal(history.val_steps, [200, 400, 600])
     assert history.val_loss[-1] < history.val_loss[0]  # it learns
     assert history.loss[-100:].mean() < history.loss[:20].mean()
-    assert history.steps_per_second > 0 and history.seconds > 0
+    # The timed parts are disjoint pieces of the call: compilation plus the time in the
+    # compiled chunks (600 / steps_per_second) cannot exceed the wall time of the call.
+    assert 0 < history.compile_seconds < history.seconds
+    assert history.compile_seconds + 600 / history.steps_per_second <= history.seconds
+
+
+class _Clock:
+    """A fake ``time.perf_counter`` that only the fake programs below move."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class _FakeJit:
+    """Stands in for ``jax.jit(chunk)``: like JAX it compiles on ``.lower().compile()``
+    or on its first call, which costs 1000 fake seconds; running costs 1 ms per step."""
+
+    def __init__(self, clock, num_steps):
+        self.clock, self.num_steps, self.compiled = clock, num_steps, False
+
+    def lower(self, *args):
+        return SimpleNamespace(compile=self._compile)
+
+    def _compile(self):
+        self.clock.now += 1000.0
+        self.compiled = True
+        return self
+
+    def __call__(self, state, key, data):
+        if not self.compiled:
+            self._compile()
+        self.clock.now += 1e-3 * self.num_steps
+        return state, key, jnp.ones(self.num_steps)
+
+
+@pytest.mark.parametrize("steps, lengths", [(400, 1), (450, 2), (150, 1)])
+def test_steps_per_second_excludes_compilation(data, monkeypatch, steps, lengths):
+    """Chunks of 200 with a remainder (450), and a single chunk (150): the speed is the
+    run time of the chunks alone, and every chunk length is compiled exactly once."""
+    clock = _Clock()
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(train, "make_train_chunk", lambda b, n, s=0.0: _FakeJit(clock, n))
+    _, history = fit(data, steps=steps, progress=False, chunk_size=200)
+    assert history.steps_per_second == pytest.approx(1000.0)
+    assert history.compile_seconds == pytest.approx(1000.0 * lengths)
+    assert history.seconds == pytest.approx(1000.0 * lengths + steps * 1e-3)
+
+
+def test_notebook_progress_bar_is_one_updated_line(data, monkeypatch, capsys):
+    """In a Jupyter kernel the bar is one display output that each refresh replaces;
+    nothing goes to stdout, where every refresh would become a line of its own."""
+    import IPython.display
+
+    shown = []
+    handle = SimpleNamespace(update=lambda obj, raw: shown.append(obj["text/plain"]))
+    monkeypatch.setattr(IPython.display, "display", lambda *a, **k: handle)
+    monkeypatch.setattr(train, "_in_jupyter_kernel", lambda: True)
+    fit(data, steps=30, batch_size=8, chunk_size=10, progress=True)
+    assert capsys.readouterr().out == ""
+    assert shown and not any("\n" in line or "\r" in line for line in shown)
+    assert shown[-1].startswith("training: 100%") and "30/30" in shown[-1]
+
+
+def test_progress_bar_outside_jupyter_goes_to_stdout(data, capsys):
+    fit(data, steps=20, batch_size=8, chunk_size=10, progress=True)
+    assert "20/20" in capsys.readouterr().out
+
+
+def test_second_fit_reuses_the_compiled_chunk(data, monkeypatch):
+    """Same settings, another seed: the state has the same structure, so the second fit
+    runs the chunk compiled by the first, without tracing (or compiling) it again."""
+    traced = []
+    real_make_step = train.make_train_step
+
+    def counting_make_step(batch_size, sigma_min=0.0):
+        step = real_make_step(batch_size, sigma_min)
+
+        def counted(*args):
+            traced.append(batch_size)  # runs once per trace, not per step
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(train, "make_train_step", counting_make_step)
+    for seed in (0, 1):  # batch 12, chunks of 20: sizes no other test uses
+        fit(data, steps=40, batch_size=12, chunk_size=20, seed=seed, progress=False)
+    assert traced == [12]
+
+
+def test_jitted_init_equals_op_by_op_init():
+    """create_train_state compiles model.init; the values are those of the eager init."""
+    key, net = jax.random.PRNGKey(3), VelocityUNet()
+    eager = net.init(key, jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
+    jitted = create_train_state(key, net).params
+    for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_scan_equals_step_loop(data):

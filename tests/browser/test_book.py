@@ -140,7 +140,4 @@ def test_page(page, server, browser):
         .filter(e => !e.closest('.cell_output') && e.scrollWidth > e.clientWidth + 1)
         .map(e => `${e.scrollWidth} > ${e.clientWidth}px: ${e.textContent.slice(0, 60)}`)""")
     tab.close()
-    if page in notebooks.REWRAP_PENDING:  # checked last: every check above still applies
-        assert too_wide, f"{page} fits now: take it out of notebooks.REWRAP_PENDING"
-        pytest.xfail(f"issue 9: {page} still has code lines over 88 characters")
     assert not too_wide, f"blocks that scroll sideways on {page}: {too_wide}"
