@@ -232,11 +232,17 @@ def load_image(
             longest wait for each piece of the answer, not a limit on the whole download.
         max_bytes: largest file, bytes or download accepted.
         max_pixels: largest ``width * height`` accepted, checked on the size in the
-            file's header, before the pixels are decoded.
+            file's header, before the pixels are decoded. Pillow's own limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``) is checked before it, when the file is
+            opened, and refuses larger pictures whatever ``max_pixels`` says.
 
     Every pixel format that Pillow reads gives the grey levels of the 8-bit greyscale
     version of the same picture (``v / 255`` for 8-bit level ``v``), without rounding to
-    8 bits. Integer greyscale with more than 8 bits (Pillow modes ``I;16`` and ``I``) is
+    8 bits, to within what the file can hold: a lossy file (JPEG, lossy WebP) has
+    changed the pixels already, and an 8-bit CIELab file (mode ``LAB``, converted by
+    Pillow) stores lightness rather than grey level and comes back within 1.5 levels
+    (1.5 / 255).
+    Integer greyscale with more than 8 bits (Pillow modes ``I;16`` and ``I``) is
     divided by the largest value its samples can hold: ``2**bits - 1`` for a TIFF file,
     with ``bits`` from its header (``2**31 - 1`` for signed 32-bit samples); 65535 for
     mode ``I;16`` and for 16-bit PNG and PGM files; ``2**31 - 1`` for mode ``I`` from
@@ -248,8 +254,9 @@ def load_image(
     ``a g + (1 - a)``, so fully transparent pixels are white.
 
     Raises :class:`ImageLoadError` (a ``ValueError``) with a message that says what was
-    wrong: no such file, not an image, too many bytes or pixels, a download that failed
-    with no cached copy, or a bad ``size``.
+    wrong: a source of the wrong type, no such file, not an image, too many bytes or
+    pixels (``max_pixels`` or Pillow's decompression-bomb limit), pixel data that cannot
+    be decoded, a download that failed with no cached copy, or a bad ``size``.
     """
     content, name = _read_bytes(source, timeout, max_bytes)
     try:

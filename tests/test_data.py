@@ -8,8 +8,10 @@ import hashlib
 import http.server
 import io
 import socket
+import struct
 import threading
 import warnings
+import zlib
 
 import jax
 import numpy as np
@@ -268,6 +270,15 @@ FORMATS = {
     "RGB PNG": (encode(L_IMAGE.convert("RGB")), "RGB", 0.0),
     "RGBA PNG": (encode(L_IMAGE.convert("RGBA")), "RGBA", 0.0),
     "CMYK TIFF": (encode(L_IMAGE.convert("CMYK"), "TIFF"), "CMYK", 0.0),
+    "I;16B TIFF (big-endian)": (
+        encode(Image.frombytes("I;16B", L_IMAGE.size,
+                               (LEVELS.astype(">u2") * 257).tobytes()), "TIFF"),
+        "I;16B", 0.0),
+    "PA TIFF": (encode(grey_palette_image(LEVELS).convert("PA"), "TIFF"), "PA", 0.0),
+    "YCbCr TIFF": (encode(L_IMAGE.convert("YCbCr"), "TIFF"), "YCbCr", 0.0),
+    # 8-bit CIELab holds lightness L*, not grey level, and Pillow's conversions to and
+    # from it round twice: this one comes back within 1.5 levels, not exactly
+    "LAB TIFF": (encode(L_IMAGE.convert("LAB"), "TIFF"), "LAB", 1.5 / 255),
 }
 
 with warnings.catch_warnings():  # Pillow deprecates its IM format (removal: Pillow 15)
@@ -283,7 +294,7 @@ with warnings.catch_warnings():  # Pillow deprecates its IM format (removal: Pil
 def test_every_pixel_format_gives_the_8bit_grey_levels(name):
     """The same picture stored in each format Pillow reads gives the 8-bit file's grey
     levels: exactly, or within 1e-6 (far below one level, 1/255) where 32-bit integers
-    are divided by 2**31 - 1 or 2**32 - 1."""
+    are divided by 2**31 - 1 or 2**32 - 1, or within 1.5 levels for CIELab."""
     data, mode, tolerance = FORMATS[name]
     assert Image.open(io.BytesIO(data)).mode == mode, "the file really is in this format"
     got = load_image(data)
@@ -313,7 +324,10 @@ def test_resizing_works_on_the_grey_levels_of_any_format():
     np.testing.assert_allclose(expected, np.clip(np.asarray(lanczos), 0, 1), atol=1e-6)
     for name in ("I;16 PNG", "RGB PNG", "F TIFF"):
         np.testing.assert_allclose(load_image(FORMATS[name][0], size=(5, 4)), expected, atol=1e-6)
-    assert expected.min() >= 0.0 and expected.max() <= 1.0
+    # Lanczos overshoots at sharp edges; the result is clipped back to [0, 1]
+    raw = np.asarray(Image.fromarray(IMAGE).resize((32, 32), Image.Resampling.LANCZOS))
+    assert raw.min() < 0.0 and raw.max() > 1.0, "the case this test is about"
+    np.testing.assert_array_equal(load_image(size=32), np.clip(raw, 0.0, 1.0))
 
 
 def test_colour_uses_pillows_luma_weights():
@@ -436,6 +450,26 @@ def test_pillows_decompression_bomb_limit_is_reported(monkeypatch, limit):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(ImageLoadError, match="decompression-bomb limit"):
         load_image(png_bytes(np.zeros((64, 64), np.uint8)), max_pixels=10**6)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """The first bytes of an 8-bit greyscale PNG of any size: its header and a few
+    bytes of pixel data (a picture too large to encode here, in a few dozen bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"\x78\x9c")
+
+
+def test_pictures_over_pillows_limit_are_refused_by_pillow_first():
+    """With the defaults, max_pixels (16.8 million) refuses the pictures between the
+    two limits; above Pillow's (89.5 million) Pillow's check runs first, at opening."""
+    with pytest.raises(ImageLoadError, match="5000x5000 pixels, more than max_pixels"):
+        load_image(png_header_only(5000, 5000))  # 25 million pixels
+    with pytest.raises(ImageLoadError, match="decompression-bomb limit"):
+        load_image(png_header_only(10_000, 10_000))  # 100 million pixels
 
 
 def test_file_over_the_byte_cap(tmp_path):
