@@ -11,12 +11,14 @@ decoder layers also see the matching encoder layer's output (skip connections): 
 2. The time embedding was squeezed to ``x.shape[-1]`` (= 2) features before it
    conditioned every layer; here it has ``time_dim`` features (64 by default).
 
-The original drew 256 Fourier frequencies (512 features); 64 frequencies fit this 2D
-problem as well (the same KL gap after 3,000 steps in our runs) at 1.4x the speed on a CPU.
+The original drew 256 Fourier frequencies (512 features); 64 are used here. Chapter 3
+shows that the extra frequencies add almost no new function of time: the feature bank of
+256 spans about as many independent ones (effective rank 12 to 13) as that of 64 (11 to 13).
 
 The hidden activation defaults to SiLU instead of the original's ReLU: a ReLU network is
 piecewise linear, so its Jacobian (and the divergence used for log-likelihoods in chapter 7)
-jumps across kinks, which makes adaptive ODE solvers take many small steps.
+jumps across kinks, which makes adaptive ODE solvers take many small steps (chapter 3,
+exercise 4, measures it).
 Pass ``activation=nn.relu`` to get the original behaviour.
 """
 
