@@ -139,13 +139,51 @@ def _paired_rows(samples, reference) -> tuple[np.ndarray, np.ndarray]:
 
 def _bootstrap_means(values: np.ndarray, num_resamples: int, seed: int) -> np.ndarray:
     """Means of ``values`` [n, k] over ``num_resamples`` resamples of its rows, drawn with
-    replacement: [num_resamples, k]. The same seed gives the same resamples."""
+    replacement: [num_resamples, k]. The same seed gives the same resamples.
+
+    A resample is held as the count of each row in it, so that its means of all k columns
+    are one row of a matrix product (counts / n) @ values: resampling many columns at
+    once costs little more than one.
+    """
     rng = np.random.default_rng(seed)
     n, chunk, out = len(values), 100, []
     for start in range(0, num_resamples, chunk):
-        rows = rng.integers(0, n, size=(min(chunk, num_resamples - start), n))
-        out.append(values[rows].mean(axis=1))
+        m = min(chunk, num_resamples - start)
+        rows = rng.integers(0, n, size=(m, n))  # resample j: the rows rows[j]
+        counts = np.bincount((rows + n * np.arange(m)[:, None]).ravel(), minlength=m * n)
+        out.append(counts.reshape(m, n) @ values / n)
     return np.concatenate(out)
+
+
+def _paired_gaps(
+    candidates: Sequence, reference, density, num_resamples: int, level: float, seed: int
+) -> tuple[PairedGap, ...]:
+    """:func:`paired_gap` of every candidate against one reference, with one bootstrap:
+    every candidate's means are recomputed on the same resamples of the rows."""
+    if not 0.0 < level < 1.0 or num_resamples < 1:
+        raise ValueError("level must lie in (0, 1) and num_resamples must be positive.")
+    rows = [_paired_rows(x, reference) for x in candidates]
+    if not rows:
+        return ()
+    off_r = off_support(density, rows[0][1]).astype(np.float64)
+    columns, means = [], []
+    for x, r in rows:
+        distance = np.linalg.norm(x - r, axis=1)
+        off_x = off_support(density, x).astype(np.float64)
+        columns += [distance, off_x - off_r]  # the excess share, row by row
+        means.append((float(distance.mean()), float(off_x.mean())))
+    resampled = _bootstrap_means(np.stack(columns, axis=1), num_resamples, seed)
+    low, high = np.quantile(resampled, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
+    return tuple(
+        PairedGap(
+            mean_distance=distance,
+            mean_distance_ci=(float(low[2 * k]), float(high[2 * k])),
+            off_support=off,
+            excess_off_support=float(columns[2 * k + 1].mean()),
+            excess_off_support_ci=(float(low[2 * k + 1]), float(high[2 * k + 1])),
+        )
+        for k, (distance, off) in enumerate(means)
+    )
 
 
 def paired_gap(
@@ -157,21 +195,7 @@ def paired_gap(
     with replacement ``num_resamples`` times (from ``seed``) and each paired mean is
     recomputed. They say how much the means would move with other noise points.
     """
-    x, r = _paired_rows(samples, reference)
-    if not 0.0 < level < 1.0 or num_resamples < 1:
-        raise ValueError("level must lie in (0, 1) and num_resamples must be positive.")
-    distance = np.linalg.norm(x - r, axis=1)
-    off_x, off_r = off_support(density, x), off_support(density, r)
-    excess = off_x.astype(np.float64) - off_r.astype(np.float64)
-    means = _bootstrap_means(np.stack([distance, excess], axis=1), num_resamples, seed)
-    low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
-    return PairedGap(
-        mean_distance=float(distance.mean()),
-        mean_distance_ci=(float(low[0]), float(high[0])),
-        off_support=float(off_x.mean()),
-        excess_off_support=float(excess.mean()),
-        excess_off_support_ci=(float(low[1]), float(high[1])),
-    )
+    return _paired_gaps([samples], reference, density, num_resamples, level, seed)[0]
 
 
 @dataclass(frozen=True)
@@ -234,10 +258,7 @@ def cheapest_within_tolerance(
     reference_off = float(off_support(density, reference).mean())
     distance_tolerance = pixel_fraction * pixel
     excess_tolerance = leak_fraction * reference_off
-    gaps = tuple(
-        paired_gap(x, reference, density, num_resamples=num_resamples, level=level, seed=seed)
-        for x in candidates
-    )
+    gaps = _paired_gaps(candidates, reference, density, num_resamples, level, seed)
     within = tuple(
         g.mean_distance_ci[1] <= distance_tolerance and g.excess_off_support_ci[1] <= excess_tolerance
         for g in gaps

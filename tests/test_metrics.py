@@ -153,3 +153,32 @@ def test_rule_checks_its_arguments():
         cheapest_within_tolerance([r, r], [1], r, HALF)
     with pytest.raises(ValueError, match="paired"):
         cheapest_within_tolerance([r[:50]], [1], r, HALF)
+
+
+def test_bootstrap_means_are_means_of_resampled_rows():
+    # The counts-and-product form gives the means of the rows drawn with replacement,
+    # for the same draws (in chunks of 100 resamples) as indexing the rows directly.
+    from fm_helpers.metrics import _bootstrap_means
+
+    values = RNG.normal(size=(50, 3))
+    rng = np.random.default_rng(7)
+    rows = np.concatenate([rng.integers(0, 50, size=(min(100, 250 - s), 50))
+                           for s in range(0, 250, 100)])
+    np.testing.assert_allclose(_bootstrap_means(values, 250, 7), values[rows].mean(axis=1),
+                               rtol=1e-12)
+
+
+def test_rule_gives_each_candidate_its_own_paired_gap():
+    # One bootstrap for all candidates: the same intervals as one paired_gap each.
+    r, edge = reference_set(500)
+    moved = r + [0.0, 0.01]
+    noisy = r + RNG.normal(scale=0.02, size=r.shape)
+    noisy[edge, 0] = 0.2
+    choice = cheapest_within_tolerance([moved, noisy], [1, 2], r, HALF, num_resamples=200)
+    for x, got in zip([moved, noisy], choice.gaps):
+        want = paired_gap(x, r, HALF, num_resamples=200)
+        for field in ["mean_distance", "off_support", "excess_off_support"]:
+            assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-12)
+        for field in ["mean_distance_ci", "excess_off_support_ci"]:
+            assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-12)
+    assert choice.gaps[1].excess_off_support_ci[0] > 0  # the moved edge points
