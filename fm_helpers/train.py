@@ -22,6 +22,7 @@ parameters, bit for bit, on the same machine and versions.
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -85,17 +86,23 @@ class History:
 
 
 def _cached(make: Callable) -> Callable:
-    """``make(*args)`` remembered for the last 16 distinct arguments (made anew when an
-    argument cannot be hashed, such as a module with a list among its fields)."""
+    """``make(...)`` remembered for the last 16 distinct calls. Calls are compared after
+    their defaults are filled in, so ``make_train_chunk(256, 200)`` and
+    ``make_train_chunk(256, 200, sigma_min=0.0)`` return the same object. A call with an
+    argument that cannot be hashed (such as a module with a list among its fields) makes
+    a new one."""
+    signature = inspect.signature(make)
     remembered = functools.lru_cache(maxsize=16)(make)
 
     @functools.wraps(make)
-    def get(*args):
+    def get(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
         try:
-            hash(args)
+            hash(bound.args)
         except TypeError:
-            return make(*args)
-        return remembered(*args)
+            return make(*bound.args)
+        return remembered(*bound.args)
 
     return get
 
@@ -129,9 +136,12 @@ def create_train_state(
     is constant; with ``steps`` it follows a cosine decay from ``learning_rate`` to
     ``FINAL_LR_FRACTION`` (5%) of it over ``steps`` steps and stays there afterwards.
 
-    ``model.init`` runs under ``jax.jit``, compiled once per model: the first call costs
-    about as much as running the initialisers op by op, later calls almost nothing, and
-    the values are the same. The optimiser is built once per ``(learning_rate, steps)``.
+    ``model.init`` runs under ``jax.jit``, compiled once per model; networks that compare
+    equal share that program. The first call costs about as much as running the
+    initialisers op by op, unless ``jax.jit(model.init)`` was already compiled elsewhere
+    for this very object (JAX caches what it traced by the function it wraps, here the
+    bound method; chapter 5 relies on this). Later calls cost almost nothing, and the
+    values are the same. The optimiser is built once per ``(learning_rate, steps)``.
     Two states made with the same model and settings therefore have the same structure,
     and a compiled training chunk accepts both without compiling again.
     """
@@ -238,7 +248,9 @@ def fit(
     (on noise and times drawn once, so the curve is smooth) are updated. A second call
     with the same model, batch size, chunk lengths, learning rate, steps and data shape
     reuses the compiled chunks; its ``compile_seconds`` then counts only the validation
-    loss.
+    loss. So does a first call whose chunk ``make_train_chunk(batch_size, n)`` was
+    compiled before, for a state from :func:`create_train_state` with the same model,
+    learning rate and ``steps`` and for data of the same shape.
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")

@@ -136,6 +136,38 @@ def test_second_fit_reuses_the_compiled_chunk(data, monkeypatch):
     assert traced == [12]
 
 
+def test_same_arguments_same_chunk_function():
+    """Defaults filled in or not, positional or by name: one jitted function."""
+    first = make_train_chunk(7, 3)
+    assert make_train_chunk(7, 3, 0.0) is first
+    assert make_train_chunk(7, 3, sigma_min=0.0) is first
+    assert make_train_chunk(batch_size=7, num_steps=3) is first
+    assert make_train_chunk(7, 3, 0.1) is not first
+
+
+def test_fit_reuses_a_chunk_compiled_before_it(data, monkeypatch):
+    """A chunk run by hand on a state from create_train_state with fit's settings is the
+    program fit needs: fit traces (and compiles) nothing new."""
+    traced = []
+    real_make_step = train.make_train_step
+
+    def counting_make_step(batch_size, sigma_min=0.0):
+        step = real_make_step(batch_size, sigma_min)
+
+        def counted(*args):
+            traced.append(batch_size)
+            return step(*args)
+
+        return counted
+
+    monkeypatch.setattr(train, "make_train_step", counting_make_step)
+    state = create_train_state(jax.random.PRNGKey(4), learning_rate=2e-3, steps=30)
+    make_train_chunk(11, 30)(state, jax.random.PRNGKey(5), jnp.asarray(data))
+    assert traced == [11]  # batch 11, 30 steps, lr 2e-3: settings no other test uses
+    fit(data, steps=30, batch_size=11, learning_rate=2e-3, progress=False)
+    assert traced == [11]
+
+
 def test_jitted_init_equals_op_by_op_init():
     """create_train_state compiles model.init; the values are those of the eager init."""
     key, net = jax.random.PRNGKey(3), VelocityUNet()
