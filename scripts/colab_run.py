@@ -1,20 +1,23 @@
-"""Run the chapters on Colab's package versions, each setup cell in install mode.
+"""Run the chapters on Colab's package versions, the setup cell in install mode.
 
 Called by scripts/colab_check.sh, which builds ``.venv-colab`` from
 scripts/colab-requirements.txt (Colab's stack, Python 3.13 where it is found). This
 script runs in the main ``.venv`` (nbclient must not land in Colab's package set); the
 *kernel* is ``.venv-colab``'s Python, registered as a kernelspec in a temporary folder.
-For each chapter in _toc.yml it
 
-1. resets ``.venv-colab`` to its recorded package set (``.baseline.json``): uninstalls
-   what an earlier chapter's setup cell installed and restores changed versions, so that
-   every chapter's setup cell really installs;
-2. runs the notebook from chapters/, with two cells injected (in memory only) around the
-   setup cell: before it, nothing of the course is importable; after it, jax, jaxlib,
-   flax, optax, numpy, matplotlib and pillow are still Colab's versions, and fm_helpers
-   is a regular install from FM_HELPERS_SOURCE, a temporary copy of this working tree
-   (tracked and untracked files, not ignored ones: what a clone has, plus edits);
-3. prints a per-chapter time table and the versions pip installed.
+1. It resets ``.venv-colab`` to its recorded package set (``.baseline.json``): it
+   uninstalls what an earlier run's setup cell installed and restores changed versions,
+   so that the setup cell really installs.
+2. It runs the chapters from chapters/, in the order of _toc.yml, with cells injected
+   (in memory only) around the setup cell of the first one: before it, nothing of the
+   course is importable; after it, jax, jaxlib, flax, optax, numpy, matplotlib and pillow
+   are still Colab's versions, and fm_helpers is a regular install from
+   FM_HELPERS_SOURCE, a temporary copy of this working tree (tracked and untracked
+   files, not ignored ones: what a clone has, plus edits). Every chapter's setup cell is
+   the same cell (tests/test_conventions.py checks it), so installing once proves it for
+   all; the later chapters run on what it installed, each checked after its setup cell
+   as the first one was. ``--install-each`` resets and installs before every chapter.
+3. It prints a per-chapter time table and the versions pip installed.
 
 ``--smoke`` (``make colab-smoke``) stops each chapter after its first code cell past the
 setup cell (the imports): a quick proof that the setup cell installs and the course
@@ -120,6 +123,13 @@ def nothing_installed_yet(modules):
     assert not present, f"colab-check: importable before the setup cell ran: {present}"
 
 
+def already_installed(modules):
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    assert not missing, f"colab-check: not installed by the first chapter: {missing}"
+
+
 def installed_as_on_colab(pins, reported, marker):
     import importlib.metadata as md
     import json
@@ -175,12 +185,15 @@ def setup_cell_index(nb) -> int:
     return first
 
 
-def run_chapter(path: Path, pins: dict, timeout: int, outdir: Path, smoke: bool) -> dict:
+def run_chapter(path: Path, pins: dict, timeout: int, outdir: Path, smoke: bool,
+                installs: bool) -> dict:
+    """Run one chapter; ``installs``: the setup cell must find nothing installed."""
     nb = nbformat.read(path, as_version=4)
     setup = setup_cell_index(nb)
     origin = list(range(len(nb.cells)))  # index in the file of each cell that runs
-    nb.cells[setup:setup + 1] = [injected(nothing_installed_yet, COURSE_MODULES),
-                                 nb.cells[setup],
+    before = (injected(nothing_installed_yet, COURSE_MODULES) if installs
+              else injected(already_installed, COURSE_MODULES))
+    nb.cells[setup:setup + 1] = [before, nb.cells[setup],
                                  injected(installed_as_on_colab, pins, REPORTED, MARKER)]
     origin[setup:setup + 1] = ["injected pre-check", setup, "injected post-check"]
     if smoke:  # keep the cells up to the first code cell after the setup cell
@@ -270,6 +283,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout, seconds")
     ap.add_argument("--smoke", action="store_true",
                     help="run each chapter only up to its imports after the setup cell")
+    ap.add_argument("--install-each", action="store_true",
+                    help="reset .venv-colab and install before every chapter, not once")
     ap.add_argument("--record-baseline", action="store_true",
                     help="record .venv-colab's package set as the one to reset to, and exit")
     ap.add_argument("chapters", nargs="*", type=Path,
@@ -289,12 +304,13 @@ def main() -> int:
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="colab-check-") as tmp:
         kernel_environment(venv, Path(tmp))
-        for path in chapters:
+        for i, path in enumerate(chapters):
+            installs = i == 0 or args.install_each
             t0 = time.perf_counter()
-            reset = reset_venv(py, baseline)
+            reset = reset_venv(py, baseline) if installs else []
             reset_seconds = time.perf_counter() - t0
             print(f"colab-check: {path.name} ... ", end="", flush=True)
-            row = run_chapter(path, pins, args.timeout, outdir, args.smoke)
+            row = run_chapter(path, pins, args.timeout, outdir, args.smoke, installs)
             rows.append({**row, "reset_seconds": reset_seconds, "reset": reset})
             print("FAILED" if "error" in row else f"ok ({row['seconds']:.1f} s)", flush=True)
         reset_venv(py, baseline)  # leave .venv-colab as Colab's stack, without the course

@@ -40,6 +40,16 @@ def test_setup_cell_installs_from_the_configured_repository(chapter):
     assert "hide-cell" in first_code.metadata.get("tags", []), "tag the setup cell hide-cell"
 
 
+def test_every_chapter_has_the_same_setup_cell():
+    """make colab-check installs with the first chapter's setup cell only: that proves it
+    for every chapter because it is the same cell, byte for byte."""
+    sources = {c: next(cell for cell in load(c).cells if cell.cell_type == "code").source
+               for c in CHAPTERS}
+    first = sources[CHAPTERS[0]]
+    differ = [c for c, source in sources.items() if source != first]
+    assert not differ, f"setup cells that differ from {CHAPTERS[0]}'s: {differ}"
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_committed_without_outputs(chapter):
     """Only cells marked NBVAL_CHECK_OUTPUT keep an output: nbval's reference text."""
