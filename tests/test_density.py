@@ -98,3 +98,40 @@ def test_one_probe_log_prob_is_exact_plus_or_minus_the_integrated_cross_terms():
     error = one - exact
     assert np.all(np.minimum(np.abs(error - c), np.abs(error + c)) < 1e-4)
     assert np.any(error > 0) and np.any(error < 0), "both signs occur"
+
+
+def test_seed_study_records_what_the_chapter_computes():
+    """fm_helpers.baselines.seed_study (chapter 7's seed study, cached by the benchmarks):
+    its seed-0 record is fit + log_prob on the chapter's data, and its numbers agree with
+    each other (KL gap = NLL - entropy estimate, margin = KDE's NLL - flow's NLL)."""
+    from fm_helpers import baselines, data, model, train
+
+    sizes = dict(n_train=64, n_val=64, n_test=64)
+    recipe = dict(steps=2, batch_size=32, learning_rate=3e-3)
+    study = baselines.seed_study((0, 1), **sizes, **recipe)
+    assert study["settings"] == {"seeds": [0, 1], **sizes, **recipe}
+    assert [r["seed"] for r in study["runs"]] == [0, 1]
+
+    truth = data.ImageDensity(data.load_image())
+    points = np.asarray(truth.sample(jax.random.PRNGKey(0), 192))
+    train_x, val_x, test_x = data.split(points, (1 / 3, 1 / 3, 1 / 3), seed=0)
+    h, _ = baselines.choose_bandwidth(train_x, val_x)
+    log_q_kde = baselines.kde_log_prob(train_x, test_x, h)
+    assert study["kde"]["bandwidth"] == h
+    np.testing.assert_allclose(study["kde"]["test_nll"], -log_q_kde.mean(), rtol=1e-12)
+
+    state, _ = train.fit(train_x, seed=0, progress=False, **recipe)
+    log_q = np.asarray(log_prob(model.velocity_fn(state), np.concatenate([test_x, train_x])),
+                       dtype=np.float64)
+    first = study["runs"][0]
+    np.testing.assert_allclose(first["test_nll"], -log_q[:64].mean(), rtol=1e-6)
+    np.testing.assert_allclose(first["train_nll"], -log_q[64:].mean(), rtol=1e-6)
+    se = log_q[:64].std(ddof=1) / np.sqrt(64)
+    np.testing.assert_allclose(first["test_nll_se"], se, rtol=1e-6)
+
+    mean_log_p = np.asarray(truth.log_prob(test_x), dtype=np.float64).mean()
+    for r in study["runs"]:
+        np.testing.assert_allclose(r["kl_gap"], r["test_nll"] + mean_log_p, atol=1e-9)
+        np.testing.assert_allclose(r["margin_over_kde"],
+                                   study["kde"]["test_nll"] - r["test_nll"], atol=1e-9)
+    assert study["runs"][0]["test_nll"] != study["runs"][1]["test_nll"], "seeds differ"
