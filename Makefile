@@ -62,7 +62,7 @@ test:
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --only all  # every section, the opt-in profile too
 
 clean:
 	rm -rf _build .jupyter_cache

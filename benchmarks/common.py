@@ -1,105 +1,110 @@
-"""What every benchmark shares: the problem (the shipped two-moons image as a density),
-fixed seeds, the run size (full or --quick) and small timing helpers."""
+"""What the sections share: the run's sizes and context (the problem, trained models,
+results computed once), and timing helpers."""
 
-from __future__ import annotations
-
-import os
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import jax
+import numpy as np
+from flax.training.train_state import TrainState
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fm_helpers.data import ImageDensity, load_image  # noqa: E402
-from fm_helpers.metrics import energy_distance, mean_pairwise_distance  # noqa: E402
+from fm_helpers.data import ImageDensity, load_image
+from fm_helpers.metrics import energy_distance, mean_pairwise_distance
+from fm_helpers.model import VelocityUNet
+from fm_helpers.train import History, create_train_state, fit
+from sections import Section
 
 ROOT = Path(__file__).resolve().parents[1]
+BATCH = 256  # batch size of every model trained for quality (budget, nfe, density)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Sizes of one run. ``full()`` is what ``make bench`` runs; ``quick()`` is for development."""
+    """Sizes that several sections use; a section's own sizes are kept in its module."""
 
     quick: bool
-    n_train: int  # training points drawn once from the image density
+    n_train: int  # training points, drawn once from the image density
     n_test: int  # test points (energy distance, and NLL on the first n_nll of them)
     n_nll: int
-    # 1. training throughput
-    batches: tuple[int, ...]
-    rounds: int
-    seconds_per_measure: float  # each method runs about this long per round
-    chunk: int  # steps per fused lax.scan call (fit's default chunk_size)
-    # 2. quality against budget
-    budgets: tuple[int, ...]
-    budget_lr: float
-    # 3. NFE against quality
-    n_samples: int
-    fixed_steps: dict
-    # 4. density cost
-    n_density: int
-    dims: tuple[int, ...]
-    n_scaling: int
-    scaling_steps: int
+    n_samples: int  # samples scored against the test set
+    budgets: tuple[int, ...]  # training steps; the largest is the model that nfe and density use
+    learning_rate: float
 
-    @staticmethod
-    def full() -> "Config":
-        return Config(
-            quick=False, n_train=50_000, n_test=20_000, n_nll=5_000,
-            batches=(256, 32), rounds=3, seconds_per_measure=2.0, chunk=500,
-            budgets=(1_000, 3_000, 10_000, 30_000), budget_lr=3e-3,
-            n_samples=20_000,
-            fixed_steps={"euler": (1, 2, 4, 8, 16, 32, 64), "midpoint": (1, 2, 4, 8, 16),
-                         "heun": (1, 2, 4, 8, 16), "tsit5": (1, 2, 3, 4)},
-            n_density=10_000, dims=(2, 8, 32, 128), n_scaling=256, scaling_steps=8,
-        )
 
-    @staticmethod
-    def quick_() -> "Config":
-        return Config(
-            quick=True, n_train=10_000, n_test=2_000, n_nll=1_000,
-            batches=(256, 32), rounds=2, seconds_per_measure=0.5, chunk=500,
-            budgets=(300, 1_000), budget_lr=3e-3,
-            n_samples=2_000,
-            fixed_steps={"euler": (2, 8), "midpoint": (2, 8), "heun": (2, 8), "tsit5": (1, 2)},
-            n_density=2_000, dims=(2, 8, 32), n_scaling=128, scaling_steps=8,
-        )
+FULL = Config(quick=False, n_train=50_000, n_test=20_000, n_nll=5_000, n_samples=20_000,
+              budgets=(1_000, 3_000, 10_000, 30_000), learning_rate=3e-3)
+QUICK = Config(quick=True, n_train=10_000, n_test=2_000, n_nll=1_000, n_samples=2_000,
+               budgets=(300, 1_000), learning_rate=3e-3)
 
 
 @dataclass
-class Problem:
-    """The shipped image as a density, with training and test points drawn from it."""
+class Context:
+    """One run: its sizes, log and sections, and what they compute once and share. A section
+    asks here for a trained model or another section's results, and gets them whether or
+    not the section that usually computes them ran first."""
 
-    density: ImageDensity
-    entropy: float
-    train: jax.Array
-    test: jax.Array
+    cfg: Config
+    sections: dict[str, Section]
+    log: Callable[[str], None] = print
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def density(self) -> ImageDensity:
+        """The problem: the shipped image as a density, with exact samples and entropy."""
+        return ImageDensity(load_image())
+
+    @cached_property
+    def train(self) -> jax.Array:  # drawn once per run, with a fixed seed
+        return self.density.sample(jax.random.PRNGKey(101), self.cfg.n_train)
+
+    @cached_property
+    def test(self) -> jax.Array:
+        return self.density.sample(jax.random.PRNGKey(202), self.cfg.n_test)
+
+    def once(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(self, *args)``, computed at most once in this run."""
+        key = (fn, *args)
+        if key not in self._memo:
+            self._memo[key] = fn(self, *args)
+        return self._memo[key]
+
+    def results(self, name: str) -> dict:
+        """The results of section ``name``, measured now if this run has not yet."""
+        return self.once(self.sections[name].run)
+
+    def trained(self, steps: int) -> tuple[TrainState, History]:
+        """``fit``'s state and history after ``steps`` steps, trained at most once per run."""
+        return self.once(_train, steps)
+
+    def energy_distance(self, samples: Any) -> float:
+        """fm_helpers.metrics.energy_distance of ``samples`` to the first n_samples test points."""
+        test, within = self.once(_test_set)
+        return energy_distance(samples, test, b_within=within)
 
 
-def make_problem(cfg: Config) -> Problem:
-    density = ImageDensity(load_image())
-    train = density.sample(jax.random.PRNGKey(101), cfg.n_train)
-    test = density.sample(jax.random.PRNGKey(202), cfg.n_test)
-    return Problem(density, density.entropy(), train, test)
+def _train(ctx: Context, steps: int) -> tuple[TrainState, History]:
+    # fit decays the learning rate over ``steps``: each budget is its own run from seed 0
+    return fit(ctx.train, steps=steps, batch_size=BATCH, learning_rate=ctx.cfg.learning_rate, seed=0, progress=False)
 
 
-class EnergyToTest:
-    """fm_helpers.metrics.energy_distance of sample sets to one fixed test set, with the
-    test set's own mean pairwise distance computed once."""
-
-    def __init__(self, test):
-        self.test = np.asarray(test)
-        self.within_test = mean_pairwise_distance(self.test, self.test, same=True)
-
-    def __call__(self, samples) -> float:
-        return energy_distance(samples, self.test, b_within=self.within_test)
+def _test_set(ctx: Context) -> tuple[np.ndarray, float]:
+    # the test points' own mean pairwise distance, O(n^2): computed once per run
+    test = np.asarray(ctx.test[: ctx.cfg.n_samples])
+    return test, mean_pairwise_distance(test, test, same=True)
 
 
-def seconds(fn, *args, **kwargs):
+def fresh_state(learning_rate: float) -> TrainState:
+    """The course network (VelocityUNet defaults) and Adam, from seed 0: where every
+    throughput measurement starts, so that JAX and PyTorch train the same weights."""
+    return create_train_state(jax.random.PRNGKey(0), VelocityUNet(), dim=2, learning_rate=learning_rate)
+
+
+def seconds(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
     """``(result, wall seconds)`` of ``fn(*args)``, waiting for JAX's asynchronous results."""
     start = time.perf_counter()
     out = fn(*args, **kwargs)
@@ -107,9 +112,11 @@ def seconds(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def median(values) -> float:
+def xla_flops(jitted: Any, *args: Any) -> float:
+    """XLA's count of floating-point operations in one call of ``jitted(*args)``."""
+    cost = jitted.lower(*args).compile().cost_analysis()
+    return float((cost if isinstance(cost, dict) else cost[0])["flops"])  # a list of dicts in older JAX
+
+
+def median(values: Any) -> float:
     return float(statistics.median(values))
-
-
-def as_float(x) -> float:
-    return float(np.asarray(x))

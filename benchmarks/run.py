@@ -1,20 +1,16 @@
 """Benchmarks of the course: speed and quality, measured in one process.
 
-    python benchmarks/run.py                      # everything (what `make bench` runs)
-    python benchmarks/run.py --quick              # small sizes, for development
-    python benchmarks/run.py --only training,nfe  # a subset
+    python benchmarks/run.py --only all           # every section (what `make bench` runs)
+    python benchmarks/run.py --quick              # small sizes, every section that is not opt-in
+    python benchmarks/run.py --only training,nfe  # some sections; opt-in ones (profile) by name
     python benchmarks/run.py --render FILE.json   # tables and figures again from a JSON
 
-A full run of every benchmark writes benchmarks/results/latest.json, the markdown
-benchmarks/results/latest.md that the book's appendix page includes, and the figures in
-book/_static/bench/. Quick or partial runs write to benchmarks/results/dev.tmp/ (ignored
-by git), so they never overwrite the published results.
-
-These machines are shared and noisy: compare figures measured in the same run (the
-ratios), not absolute numbers across runs.
+A full-size run of (at least) every section that is not opt-in writes
+benchmarks/results/latest.json, latest.md beside it (the book's appendix includes it) and
+the figures in book/_static/bench/; other runs write to benchmarks/results/dev.tmp/
+(ignored by git). Sections are the modules in benchmarks/sections/, listed in report.py.
+Compare figures measured in the same run (ratios): these machines are shared and noisy.
 """
-
-from __future__ import annotations
 
 import argparse
 import datetime as dt
@@ -26,16 +22,20 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before the sections import JAX
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import common  # noqa: E402  (sets JAX_PLATFORMS=cpu before JAX loads)
+import jax  # noqa: E402
 import report  # noqa: E402
+from common import FULL, QUICK, ROOT, Context  # noqa: E402
+from sections import Section  # noqa: E402
 
 PUBLISHED_JSON = HERE / "results" / "latest.json"
-PUBLISHED_FIGURES = common.ROOT / "book" / "_static" / "bench"
-PAGE_IMAGE_DIR = report.PAGE_IMAGE_DIR
+PUBLISHED_FIGURES = ROOT / "book" / "_static" / "bench"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "diffrax", "equinox", "numpy", "torch", "nbclient", "fm_helpers")
+BY_NAME = {s.NAME: s for s in report.SECTIONS}
 
 
 def cpu_model() -> str:
@@ -58,120 +58,81 @@ def versions() -> dict:
     return out
 
 
-def write_outputs(results: dict, json_path: Path, figures_dir: Path, image_dir: str) -> str:
+def write_outputs(results: dict, json_path: Path, figures: Path, image_dir: str) -> str:
+    """The JSON, its markdown beside it and the figures; returns the markdown."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1) + "\n")
-    import plots
+    figures.mkdir(parents=True, exist_ok=True)
+    for s in report.SECTIONS:
+        if s.NAME in results:
+            s.plot(results[s.NAME], figures / f"{s.NAME}.png")
+    text = report.render(results, image_dir)
+    json_path.with_suffix(".md").write_text(text)
+    return text
 
-    plots.make_all(results, figures_dir)
-    md = report.render(results, image_dir)
-    json_path.with_suffix(".md").write_text(md)
-    return md
+
+def select(only: str | None) -> list[Section]:
+    """The sections named (``all``: every one), in page order; by default those not opt-in."""
+    names = {n.strip() for n in (only or "").split(",") if n.strip()}
+    if unknown := names - set(BY_NAME) - {"all"}:
+        raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from all, {', '.join(BY_NAME)}")
+    return [s for s in report.SECTIONS if s.NAME in names or "all" in names or not (names or s.OPT_IN)]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for development")
-    parser.add_argument("--only", default=",".join(report.SECTIONS),
-                        help=f"comma-separated subset of: {', '.join(report.SECTIONS)}")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the JSON, markdown and figures (default: published files for a full "
-                             "run of everything, benchmarks/results/dev.tmp otherwise)")
-    parser.add_argument("--render", type=Path, default=None, help="only redo markdown and figures from this JSON")
-    args = parser.parse_args(argv)
-
-    if args.render is not None:
-        results = report.load(args.render)
-        results["goals"] = report.goals(results)
-        published = args.render.resolve() == PUBLISHED_JSON.resolve()
-        figures = PUBLISHED_FIGURES if published else args.render.parent / "bench"
-        image_dir = PAGE_IMAGE_DIR if published else "bench"
-        print(write_outputs(results, args.render, figures, image_dir))
-        return 0
-
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [s for s in only if s not in report.SECTIONS]
-    if unknown:
-        parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(report.SECTIONS)}")
-    only = [s for s in report.SECTIONS if s in only]
-    publish = args.out is None and not args.quick and only == list(report.SECTIONS)
-    if publish:
-        json_path, figures, image_dir = PUBLISHED_JSON, PUBLISHED_FIGURES, PAGE_IMAGE_DIR
-    else:
-        out = args.out or HERE / "results" / "dev.tmp"
-        json_path, figures, image_dir = out / "latest.json", out / "bench", "bench"
-
-    import jax
-
-    cfg = common.Config.quick_() if args.quick else common.Config.full()
-    start = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    print(f"# Benchmarks ({'quick' if args.quick else 'full'}): {', '.join(only)}", flush=True)
+def measure(sections: list[Section], quick: bool) -> dict:
+    """Run ``sections`` in one process; their results, then ``meta`` and ``goals``."""
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    print(f"# Benchmarks ({'quick' if quick else 'full'}): {', '.join(s.NAME for s in sections)}", flush=True)
     print(f"CPU {cpu_model()}, {os.cpu_count()} cores, load average {load_start:.2f}, "
           f"JAX devices {jax.devices()}", flush=True)
-    problem = common.make_problem(cfg)
-    results: dict = {}
-    section_seconds = {}
-    state, state_steps = None, None
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    for key in only:
+    ctx = Context(QUICK if quick else FULL, BY_NAME, log=lambda msg: print(msg, flush=True))
+    results, section_seconds = {}, {}
+    for s in sections:
+        print(f"\n== {s.NAME} ==", flush=True)
         tick = time.perf_counter()
-        print(f"\n== {key} ==", flush=True)
-        if key == "training":
-            import training
-
-            results[key] = training.run(cfg, problem, log)
-        elif key == "budget":
-            import budget
-
-            results[key], state = budget.run(cfg, problem, log)
-            state_steps = cfg.budgets[-1]
-        elif key in ("nfe", "density"):
-            if state is None:  # no budget run in this process: train the largest budget now
-                from fm_helpers.train import fit
-
-                state_steps = cfg.budgets[-1]
-                print(f"  training a model for {state_steps} steps first", flush=True)
-                state, _ = fit(problem.train, steps=state_steps, batch_size=256,
-                               learning_rate=cfg.budget_lr, seed=0, progress=False)
-            if key == "nfe":
-                import nfe
-
-                results[key] = nfe.run(cfg, problem, state, state_steps, log)
-            else:
-                import density_cost
-
-                results[key] = density_cost.run(cfg, problem, state, log)
-                results[key]["model_steps"] = state_steps
-        elif key == "book":
-            import book
-
-            results[key] = book.run(cfg, problem, log)
-        section_seconds[key] = time.perf_counter() - tick
-        print(f"  ({section_seconds[key]:.0f} s)", flush=True)
-
-    results["meta"] = {
+        results[s.NAME] = ctx.results(s.NAME)
+        section_seconds[s.NAME] = time.perf_counter() - tick
+        print(f"  ({section_seconds[s.NAME]:.0f} s)", flush=True)
+    meta = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "packages": versions(),
-        "jax_devices": [str(d) for d in jax.devices()],
-        "load_start": load_start,
-        "load_end": os.getloadavg()[0],
-        "quick": args.quick,
-        "only": only,
-        "section_seconds": section_seconds,
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "packages": versions(), "jax_devices": [str(d) for d in jax.devices()],
+        "load_start": load_start, "load_end": os.getloadavg()[0], "quick": quick,
+        "only": [s.NAME for s in sections], "section_seconds": section_seconds,
         "total_seconds": time.perf_counter() - start,
     }
-    results["goals"] = report.goals(results)
-    ordered = {"meta": results.pop("meta"), "goals": results.pop("goals"), **results}
-    md = write_outputs(ordered, json_path, figures, image_dir)
-    print("\n" + md)
-    print(f"wrote {json_path}, {json_path.with_suffix('.md')} and figures in {figures}")
+    return {"meta": meta, "goals": report.goals(results), **results}
+
+
+def destination(publish: bool, json_path: Path) -> tuple[Path, Path, str]:
+    """Where the JSON goes, where the figures go, and the figures' folder as its markdown sees it."""
+    if publish:
+        return PUBLISHED_JSON, PUBLISHED_FIGURES, report.PAGE_IMAGE_DIR
+    return json_path, json_path.parent / "bench", "bench"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for development")
+    parser.add_argument("--only", default=None, help=f"comma-separated sections, or all: {', '.join(BY_NAME)} "
+                        "(default: every section that is not opt-in)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON, markdown and figures "
+                        "(default: the published files for a full run, benchmarks/results/dev.tmp otherwise)")
+    parser.add_argument("--render", type=Path, default=None, help="only redo markdown and figures from this JSON")
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        if (goals := report.goals(results)) != results["goals"]:  # the goals' rules changed since the run
+            results["goals"] = goals  # (else the JSON is written back as it was, byte for byte)
+        where = destination(args.render.resolve() == PUBLISHED_JSON.resolve(), args.render)
+        print(write_outputs(results, *where))
+        return 0
+    sections = select(args.only)
+    required = {s.NAME for s in report.SECTIONS if not s.OPT_IN}
+    publish = args.out is None and not args.quick and required <= {s.NAME for s in sections}
+    where = destination(publish, (args.out or HERE / "results" / "dev.tmp") / "latest.json")
+    print("\n" + write_outputs(measure(sections, args.quick), *where))
+    print(f"wrote {where[0]}, {where[0].with_suffix('.md')} and figures in {where[1]}")
     return 0
 
 

@@ -1,12 +1,10 @@
 """The course's velocity network and Flow Matching loss, written again in eager PyTorch.
 
-A faithful copy of :class:`fm_helpers.model.VelocityUNet` with its default settings
-(widths 64-128-256, 64 Fourier frequencies, a 64-feature time embedding, SiLU, skip
-concatenations), built from the Flax parameters so that both start from the same
-weights. ``check_same`` measures how far the two are apart on the same inputs.
+A copy of :class:`fm_helpers.model.VelocityUNet` with its defaults (widths 64-128-256, 64
+Fourier frequencies, a 64-feature time embedding, SiLU, skip concatenations), built from
+the Flax parameters so that both start from the same weights; ``check_same`` measures
+how far the two are apart on the same inputs. Only section 1 (and 6) import it.
 """
-
-from __future__ import annotations
 
 import math
 import time
@@ -35,9 +33,7 @@ class TorchVelocityUNet(nn.Module):
         self.time_in = nn.Linear(2 * embedding_size, time_dim)
         self.time_out = nn.Linear(time_dim, time_dim)
         self.inp = nn.Linear(dim, widths[0])
-        self.encoder = nn.ModuleList(
-            TimeDense(a, b, time_dim) for a, b in zip(widths[:-1], widths[1:])
-        )
+        self.encoder = nn.ModuleList(TimeDense(a, b, time_dim) for a, b in zip(widths[:-1], widths[1:]))
         decoder, width = [], widths[-1]
         for skip in reversed(widths[:-1]):
             decoder.append(TimeDense(width, skip, time_dim))
@@ -97,6 +93,8 @@ class TorchTrainer:
     """Adam (lr 1e-3) on the Flow Matching loss; one ``step`` draws a batch with
     replacement, fresh noise and times, like fm_helpers.train.make_train_step."""
 
+    PHASES = ("batch", "forward + loss", "backward", "optimizer")
+
     def __init__(self, params, data: np.ndarray, batch_size: int, learning_rate: float = 1e-3, seed: int = 0,
                  threads: int | None = None):
         torch.manual_seed(seed)
@@ -106,46 +104,35 @@ class TorchTrainer:
         self.data = torch.from_numpy(np.array(data, dtype=np.float32))
         self.batch_size = batch_size
 
-    def step(self) -> torch.Tensor:
-        idx = torch.randint(0, self.data.shape[0], (self.batch_size,))
-        x1 = self.data[idx]
-        x0 = torch.randn_like(x1)
-        t = torch.rand(self.batch_size)
+    def step(self) -> tuple[torch.Tensor, list[float]]:
+        """One training step: its loss, and the clock read before and after each phase
+        (PyTorch on a CPU runs synchronously, so the reads time the phases)."""
+        clock = [time.perf_counter()]
+        x1 = self.data[torch.randint(0, self.data.shape[0], (self.batch_size,))]
+        x0, t = torch.randn_like(x1), torch.rand(self.batch_size)
+        clock.append(time.perf_counter())
         loss = fm_loss(self.model, x0, x1, t)
+        clock.append(time.perf_counter())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        clock.append(time.perf_counter())
         self.optimizer.step()
-        return loss
-
-    def profile(self, num_steps: int) -> dict:
-        """Mean microseconds per step in each phase (PyTorch on a CPU runs synchronously,
-        so a clock read between phases times each one)."""
-        torch.set_num_threads(self.threads)
-        clock = time.perf_counter
-        totals = dict.fromkeys(("batch", "forward + loss", "backward", "optimizer"), 0.0)
-        for _ in range(num_steps):
-            t0 = clock()
-            idx = torch.randint(0, self.data.shape[0], (self.batch_size,))
-            x1 = self.data[idx]
-            x0 = torch.randn_like(x1)
-            t = torch.rand(self.batch_size)
-            t1 = clock()
-            loss = fm_loss(self.model, x0, x1, t)
-            t2 = clock()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t3 = clock()
-            self.optimizer.step()
-            t4 = clock()
-            for k, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                totals[k] += dt
-        return {k: v / num_steps * 1e6 for k, v in totals.items()}
+        clock.append(time.perf_counter())
+        return loss, clock
 
     def run(self, num_steps: int) -> float:
         torch.set_num_threads(self.threads)
         for _ in range(num_steps):
-            loss = self.step()
+            loss, _ = self.step()
         return float(loss.detach())
+
+    def profile(self, num_steps: int) -> dict:
+        """Mean microseconds per step in each phase."""
+        torch.set_num_threads(self.threads)
+        totals = np.zeros(len(self.PHASES))
+        for _ in range(num_steps):
+            totals += np.diff(self.step()[1])
+        return {k: v / num_steps * 1e6 for k, v in zip(self.PHASES, totals)}
 
 
 def check_same(apply_fn, params, n: int = 256, seed: int = 0) -> dict:
@@ -169,16 +156,11 @@ def check_same(apply_fn, params, n: int = 256, seed: int = 0) -> dict:
     loss_torch = fm_loss(model, torch.from_numpy(x0), torch.from_numpy(x1), torch.from_numpy(t))
     loss_torch.backward()
     torch_grads = from_flax(jax.tree_util.tree_map(np.asarray, grads_jax))  # same layout, JAX grads as weights
-    diffs = []
-    for (name, p_t), (_, g_j) in zip(model.named_parameters(), torch_grads.named_parameters()):
-        diffs.append(float(np.max(np.abs(p_t.grad.numpy() - g_j.detach().numpy()))))
-    n_params = sum(p.numel() for p in model.parameters())
+    diffs = [float(np.max(np.abs(p_t.grad.numpy() - g_j.detach().numpy())))
+             for p_t, g_j in zip(model.parameters(), torch_grads.parameters())]
     n_params_jax = sum(int(np.size(v)) for k, v in jax.tree_util.tree_leaves_with_path(params)
-                       if "GaussianFourierProjection" not in jax.tree_util.keystr(k))
-    return {
-        "max_abs_output_diff": float(np.max(np.abs(out_jax - out_torch))),
-        "abs_loss_diff": abs(float(loss_jax) - float(loss_torch.detach())),
-        "max_abs_grad_diff": max(diffs),
-        "trainable_params_torch": int(n_params),
-        "trainable_params_jax": int(n_params_jax),
-    }
+                       if "GaussianFourierProjection" not in jax.tree_util.keystr(k))  # its W is fixed
+    return {"max_abs_output_diff": float(np.max(np.abs(out_jax - out_torch))),
+            "abs_loss_diff": abs(float(loss_jax) - float(loss_torch.detach())), "max_abs_grad_diff": max(diffs),
+            "trainable_params_torch": sum(p.numel() for p in model.parameters()),
+            "trainable_params_jax": int(n_params_jax)}
