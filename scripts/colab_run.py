@@ -324,8 +324,9 @@ def main() -> int:
             print("\n" + failure, file=sys.stderr)
         return 1
     what = "setup cell and imports" if args.smoke else "every cell"
+    installed = "each time" if args.install_each else "with the first chapter"
     print(f"\ncolab-check: {len(rows)} chapter(s) on Colab's stack ({what}), "
-          "the setup cell installing each time.")
+          f"the setup cell installing {installed}.")
     return 0
 
 
