@@ -74,10 +74,25 @@ def test_velocity_fn_forms_agree():
 
 
 def test_relu_variant_is_the_original_activation():
-    model = VelocityUNet(activation=nn.relu)
-    x = jnp.ones((2, 2))
-    params = model.init(KEY, x, jnp.zeros(2))["params"]
-    assert model.apply({"params": params}, x, 0.0).shape == (2, 2)
+    """The activation is really used in the hidden layers: with ReLU the network is
+    piecewise linear in x, so its second derivative in x is zero (away from the kinks,
+    which random points miss); with SiLU, on the same parameters, it is not."""
+    x = jax.random.normal(jax.random.PRNGKey(5), (8, 2))
+    params = VelocityUNet().init(KEY, x, jnp.zeros(8))["params"]
+
+    def curvature(activation):
+        net = VelocityUNet(activation=activation)
+
+        def v(point):  # one point, first output coordinate, at t = 0.4
+            return net.apply({"params": params}, point[None, :], 0.4)[0, 0]
+
+        return np.abs(np.asarray(jax.vmap(jax.hessian(v))(x))).max()
+
+    relu = VelocityUNet(activation=nn.relu).apply({"params": params}, x, 0.4)
+    silu = VelocityUNet().apply({"params": params}, x, 0.4)
+    assert np.abs(np.asarray(relu - silu)).max() > 1e-3, "the activation changes the output"
+    assert curvature(nn.relu) == 0.0, "ReLU hidden layers: piecewise linear in x"
+    assert curvature(nn.silu) > 1e-3, "SiLU hidden layers: curved in x"
 
 
 def test_rejects_unbatched_input():
