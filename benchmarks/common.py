@@ -11,12 +11,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax.training.train_state import TrainState
+from flax import nnx
 
 from fm_helpers.data import ImageDensity, load_image
 from fm_helpers.metrics import energy_distance, mean_pairwise_distance
-from fm_helpers.model import VelocityUNet
-from fm_helpers.train import History, create_train_state, fit
+from fm_helpers.train import History, create_model, fit
 from sections import Section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +76,8 @@ class Context:
         """The results of section ``name``, measured now if this run has not yet."""
         return self.once(self.sections[name].run)
 
-    def trained(self, steps: int) -> tuple[TrainState, History]:
-        """``fit``'s state and history after ``steps`` steps, trained at most once per run."""
+    def trained(self, steps: int) -> tuple[nnx.Module, History]:
+        """``fit``'s model and history after ``steps`` steps, trained at most once per run."""
         return self.once(_train, steps)
 
     def energy_distance(self, samples: Any) -> float:
@@ -87,7 +86,7 @@ class Context:
         return energy_distance(samples, test, b_within=within)
 
 
-def _train(ctx: Context, steps: int) -> tuple[TrainState, History]:
+def _train(ctx: Context, steps: int) -> tuple[nnx.Module, History]:
     # fit decays the learning rate over ``steps``: each budget is its own run from seed 0
     return fit(ctx.train, steps=steps, batch_size=BATCH, learning_rate=ctx.cfg.learning_rate, seed=0, progress=False)
 
@@ -98,10 +97,10 @@ def _test_set(ctx: Context) -> tuple[np.ndarray, float]:
     return test, mean_pairwise_distance(test, test, same=True)
 
 
-def fresh_state(learning_rate: float) -> TrainState:
-    """The course network (VelocityUNet defaults) and Adam, from seed 0: where every
-    throughput measurement starts, so that JAX and PyTorch train the same weights."""
-    return create_train_state(jax.random.PRNGKey(0), VelocityUNet(), dim=2, learning_rate=learning_rate)
+def fresh_model() -> nnx.Module:
+    """The course network (VelocityMLP defaults) from seed 0: where every throughput
+    measurement starts, so that NNX, Linen and PyTorch train the same weights."""
+    return create_model(jax.random.PRNGKey(0))
 
 
 def seconds(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:

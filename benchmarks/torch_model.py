@@ -1,8 +1,8 @@
 """The course's velocity network and Flow Matching loss, written again in eager PyTorch.
 
-A copy of :class:`fm_helpers.model.VelocityUNet` with its defaults (widths 64-128-256, 64
+A copy of :class:`fm_helpers.model.VelocityMLP` with its defaults (widths 64-128-256, 64
 Fourier frequencies, a 64-feature time embedding, SiLU, skip concatenations), built from
-the Flax parameters so that both start from the same weights; ``check_same`` measures
+the Flax NNX model's weights so that both start from the same numbers; ``check_same`` measures
 how far the two are apart on the same inputs. Only section 1 (and 6) import it.
 """
 
@@ -26,7 +26,7 @@ class TimeDense(nn.Module):
         return self.dense(x) + self.time(t_emb)
 
 
-class TorchVelocityUNet(nn.Module):
+class TorchVelocityMLP(nn.Module):
     def __init__(self, dim=2, widths=(64, 128, 256), time_dim=64, embedding_size=64):
         super().__init__()
         self.register_buffer("W", torch.zeros(embedding_size))  # fixed Fourier frequencies
@@ -57,28 +57,25 @@ class TorchVelocityUNet(nn.Module):
         return self.out(h)
 
 
-def _copy_dense(linear: nn.Linear, p) -> None:
-    linear.weight.data = torch.from_numpy(np.array(p["kernel"]).T.copy())
+def _copy_dense(linear: nn.Linear, layer) -> None:
+    linear.weight.data = torch.from_numpy(np.array(layer["kernel"]).T.copy())
     if linear.bias is not None:
-        linear.bias.data = torch.from_numpy(np.array(p["bias"]).copy())
+        linear.bias.data = torch.from_numpy(np.array(layer["bias"]).copy())
 
 
-def from_flax(params) -> TorchVelocityUNet:
-    """The PyTorch network with the weights of Flax ``params`` of a default VelocityUNet.
-
-    Flax names layers in the order they are created: in ``Dense(Dense(t))`` the outer
-    layer is created first, so ``Dense_0`` is the second time layer and ``Dense_1`` the first.
-    """
-    dim = np.shape(params["Dense_2"]["kernel"])[0]
-    model = TorchVelocityUNet(dim=dim)
-    model.W.copy_(torch.from_numpy(np.array(params["GaussianFourierProjection_0"]["W"])))
-    _copy_dense(model.time_in, params["Dense_1"])
-    _copy_dense(model.time_out, params["Dense_0"])
-    _copy_dense(model.inp, params["Dense_2"])
-    _copy_dense(model.out, params["Dense_3"])
-    for i, layer in enumerate(list(model.encoder) + list(model.decoder)):
-        _copy_dense(layer.dense, params[f"TimeDense_{i}"]["Dense_0"])
-        _copy_dense(layer.time, params[f"TimeDense_{i}"]["Dense_1"])
+def from_flax(state: dict) -> TorchVelocityMLP:
+    """The PyTorch network with the weights of a default VelocityMLP, given as
+    ``nnx.to_pure_dict(nnx.state(model))`` (or gradients in the same layout)."""
+    model = TorchVelocityMLP(dim=np.shape(state["layer_in"]["kernel"])[0])
+    if "fourier" in state:  # gradients have no entry for the fixed frequencies
+        model.W.copy_(torch.from_numpy(np.array(state["fourier"]["W"])))
+    _copy_dense(model.time_in, state["time_in"])
+    _copy_dense(model.time_out, state["time_out"])
+    _copy_dense(model.inp, state["layer_in"])
+    _copy_dense(model.out, state["layer_out"])
+    for layer, name in zip(list(model.encoder) + list(model.decoder), ("down_1", "down_2", "up_1", "up_2")):
+        _copy_dense(layer.dense, state[name]["dense"])
+        _copy_dense(layer.time, state[name]["time"])
     return model
 
 
@@ -95,11 +92,11 @@ class TorchTrainer:
 
     PHASES = ("batch", "forward + loss", "backward", "optimizer")
 
-    def __init__(self, params, data: np.ndarray, batch_size: int, learning_rate: float = 1e-3, seed: int = 0,
+    def __init__(self, state: dict, data: np.ndarray, batch_size: int, learning_rate: float = 1e-3, seed: int = 0,
                  threads: int | None = None):
         torch.manual_seed(seed)
         self.threads = threads or torch.get_num_threads()
-        self.model = from_flax(params)
+        self.model = from_flax(state)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.data = torch.from_numpy(np.array(data, dtype=np.float32))
         self.batch_size = batch_size
@@ -135,11 +132,12 @@ class TorchTrainer:
         return {k: v / num_steps * 1e6 for k, v in zip(self.PHASES, totals)}
 
 
-def check_same(apply_fn, params, n: int = 256, seed: int = 0) -> dict:
-    """Largest differences between the Flax and PyTorch networks on the same inputs:
+def check_same(flax_model, n: int = 256, seed: int = 0) -> dict:
+    """Largest differences between the Flax NNX and PyTorch networks on the same inputs:
     outputs, loss and every gradient entry (float32 round-off is about 1e-6)."""
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
     from fm_helpers.loss import conditional_loss
 
@@ -147,19 +145,18 @@ def check_same(apply_fn, params, n: int = 256, seed: int = 0) -> dict:
     x0 = rng.standard_normal((n, 2)).astype(np.float32)
     x1 = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
     t = rng.uniform(0, 1, n).astype(np.float32)
-    model = from_flax(params)
-    out_jax = np.asarray(apply_fn({"params": params}, jnp.asarray(x1), jnp.asarray(t)))
-    loss_jax, grads_jax = jax.value_and_grad(
-        lambda p: conditional_loss(apply_fn, p, jnp.asarray(x0), jnp.asarray(x1), jnp.asarray(t))
-    )(params)
+    model = from_flax(nnx.to_pure_dict(nnx.state(flax_model)))
+    out_jax = np.asarray(flax_model(jnp.asarray(x1), jnp.asarray(t)))
+    loss_jax, grads_jax = nnx.value_and_grad(
+        lambda m: conditional_loss(m, jnp.asarray(x0), jnp.asarray(x1), jnp.asarray(t))
+    )(flax_model)
     out_torch = model(torch.from_numpy(x1), torch.from_numpy(t)).detach().numpy()
     loss_torch = fm_loss(model, torch.from_numpy(x0), torch.from_numpy(x1), torch.from_numpy(t))
     loss_torch.backward()
-    torch_grads = from_flax(jax.tree_util.tree_map(np.asarray, grads_jax))  # same layout, JAX grads as weights
+    torch_grads = from_flax(nnx.to_pure_dict(grads_jax))  # same layout, JAX grads as weights
     diffs = [float(np.max(np.abs(p_t.grad.numpy() - g_j.detach().numpy())))
              for p_t, g_j in zip(model.parameters(), torch_grads.parameters())]
-    n_params_jax = sum(int(np.size(v)) for k, v in jax.tree_util.tree_leaves_with_path(params)
-                       if "GaussianFourierProjection" not in jax.tree_util.keystr(k))  # its W is fixed
+    n_params_jax = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(nnx.state(flax_model, nnx.Param)))
     return {"max_abs_output_diff": float(np.max(np.abs(out_jax - out_torch))),
             "abs_loss_diff": abs(float(loss_jax) - float(loss_torch.detach())), "max_abs_grad_diff": max(diffs),
             "trainable_params_torch": sum(p.numel() for p in model.parameters()),

@@ -122,9 +122,9 @@ def seed_study(
     runs = []
     for seed in seeds:
         start = time.perf_counter()
-        state, _ = train.fit(train_x, steps=steps, batch_size=batch_size,
+        net, _ = train.fit(train_x, steps=steps, batch_size=batch_size,
                              learning_rate=learning_rate, seed=seed, progress=False)
-        log_q = density.log_prob(model.velocity_fn(state), eval_x)
+        log_q = density.log_prob(model.velocity_fn(net), eval_x).log_prob
         log_q = np.asarray(log_q, dtype=np.float64)
         test, training = log_q[: len(test_x)], log_q[len(test_x):]
         record = {"seed": seed}

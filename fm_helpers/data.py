@@ -40,16 +40,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
-    "DEFAULT_IMAGE_NAME",
     "ImageLoadError",
     "ImageDensity",
-    "default_image_path",
     "load_image",
     "pixel_points",
     "split",
 ]
 
-DEFAULT_IMAGE_NAME = "two_moons.png"
+_DEFAULT_IMAGE_NAME = "two_moons.png"
 MAX_BYTES = 20 * 1024 * 1024  # a larger download or file is refused
 MAX_PIXELS = 16 * 1024 * 1024  # width * height above this is refused (decompression bombs)
 
@@ -60,9 +58,9 @@ class ImageLoadError(ValueError):
     """An image could not be loaded; the message says why and what to do instead."""
 
 
-def default_image_path() -> Path:
+def _default_image_path() -> Path:
     """Path of the two-moons image shipped inside the package."""
-    return Path(str(resources.files("fm_helpers") / "assets" / DEFAULT_IMAGE_NAME))
+    return Path(str(resources.files("fm_helpers") / "assets" / _DEFAULT_IMAGE_NAME))
 
 
 def _cache_dir() -> Path:
@@ -128,7 +126,7 @@ def _download(url: str, timeout: float, max_bytes: int) -> bytes:
 def _read_bytes(source: Source, timeout: float, max_bytes: int) -> tuple[bytes, str]:
     """The raw bytes of ``source`` and a short name for error messages."""
     if source is None:
-        return default_image_path().read_bytes(), "the shipped image"
+        return _default_image_path().read_bytes(), "the shipped image"
     if isinstance(source, (bytes, bytearray)):
         if len(source) > max_bytes:
             raise ImageLoadError(f"the image bytes exceed {max_bytes} bytes; use a smaller image.")

@@ -28,29 +28,23 @@ from __future__ import annotations
 
 from typing import Callable
 
+from dataclasses import dataclass
+
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .sample import solve
+from .gaussian import gaussian_log_prob
+from .sample import SolverOptions, _check_velocity, solve
 
 __all__ = [
-    "ExactAugmented",
-    "HutchinsonAugmented",
+    "LogProbResult",
     "divergence_exact",
     "divergence_hutchinson",
-    "standard_normal_log_prob",
     "log_prob",
 ]
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def standard_normal_log_prob(x: jax.Array) -> jax.Array:
-    """``log N(x; 0, I)`` for x [n, d]."""
-    d = x.shape[-1]
-    return -0.5 * jnp.sum(x**2, axis=-1) - 0.5 * d * jnp.log(2.0 * jnp.pi)
 
 
 def divergence_exact(
@@ -97,25 +91,30 @@ def divergence_hutchinson(
     return v, jnp.mean(estimates, axis=0)
 
 
-class ExactAugmented(eqx.Module):
-    """Right-hand side ``(t, (x, l), args) -> (v, div v)`` of the augmented ODE
+def _augmented_exact(t, y, velocity):
+    """Right-hand side ``(t, (x, l), velocity) -> (v, div v)`` of the augmented ODE
     ``d(x, l)/dt = (v_t(x), div v_t(x))``, with the exact divergence."""
-
-    velocity: Velocity
-
-    def __call__(self, t, y, args=None):
-        return divergence_exact(self.velocity, y[0], t)
+    return divergence_exact(velocity, y[0], t)
 
 
-class HutchinsonAugmented(eqx.Module):
-    """The same with Hutchinson's estimate of the divergence; the probes [k, n, d] are
-    fields of the module, so they stay fixed along the path."""
+def _augmented_hutchinson(t, y, args):
+    """The same with Hutchinson's estimate; ``args = (velocity, probes)``: the probes
+    [k, n, d] are inputs of the solve, so they stay fixed along the path."""
+    velocity, probes = args
+    return divergence_hutchinson(velocity, y[0], t, probes)
 
-    velocity: Velocity
-    probes: jax.Array
 
-    def __call__(self, t, y, args=None):
-        return divergence_hutchinson(self.velocity, y[0], t, self.probes)
+@dataclass(frozen=True)
+class LogProbResult:
+    """What :func:`log_prob` returns: ``log_prob`` [n], the log-density of the flow at
+    each point; ``noise`` [n, d], where the backward flow took each point at t = 0;
+    ``nfe``, the velocity evaluations of the solve; ``steps``, the steps it took,
+    rejected ones included."""
+
+    log_prob: jax.Array
+    noise: jax.Array
+    nfe: int
+    steps: int
 
 
 def log_prob(
@@ -125,31 +124,27 @@ def log_prob(
     method: str = "exact",
     key: jax.Array | None = None,
     num_probes: int = 1,
-    solver: str = "tsit5",
-    num_steps: int | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    return_nfe: bool = False,
-) -> jax.Array | tuple[jax.Array, int]:
-    """``log p_1(x1)`` [n] of the flow that carries N(0, I) at t = 0 to p_1 at t = 1.
+    **options,
+) -> LogProbResult:
+    """``log p_1(x1)`` of the flow that carries N(0, I) at t = 0 to p_1 at t = 1.
 
+    ``velocity(x, t)``: a function, or a network's :func:`fm_helpers.model.velocity_fn`.
     ``x1`` [n, d]: the points. ``method="exact"`` uses the Jacobian trace;
     ``method="hutchinson"`` needs ``key``, from which it draws ``num_probes`` Rademacher
     probes per point, held fixed along the path, and averages their estimates. The
-    augmented ODE is solved backwards from t = 1 to t = 0 with ``solver`` (a key of
-    ``fm_helpers.sample.SOLVERS``): adaptively, with the tolerances ``rtol`` and
-    ``atol``, unless ``num_steps`` fixed steps are asked for. The steps are shared by the
-    whole batch, so a point's value depends, at the level of the solver's error, on the
-    other points solved with it.
-
-    Returns the log-densities [n]; with ``return_nfe=True``, the pair (log-densities,
-    number of velocity evaluations of the solve).
+    augmented ODE is solved backwards from t = 1 to t = 0 with ``options``, the fields of
+    :class:`fm_helpers.sample.SolverOptions` (adaptive Tsit5 with ``rtol = atol = 1e-5``
+    unless told otherwise). The steps are shared by the whole batch, so a point's value
+    depends, at the level of the solver's error, on the other points solved with it.
+    Returns a :class:`LogProbResult`.
     """
+    _check_velocity(velocity)
+    options = SolverOptions(**options)
     x1 = jnp.asarray(x1)
     if x1.ndim != 2:
         raise ValueError(f"x1 must have shape [n, d]; got {x1.shape}.")
     if method == "exact":
-        field = ExactAugmented(velocity)
+        field, args = _augmented_exact, velocity
     elif method == "hutchinson":
         if key is None:
             raise ValueError(
@@ -159,15 +154,12 @@ def log_prob(
         if int(num_probes) < 1:
             raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}.")
         probes = jax.random.rademacher(key, (int(num_probes),) + x1.shape, dtype=x1.dtype)
-        field = HutchinsonAugmented(velocity, probes)
+        field, args = _augmented_hutchinson, (velocity, probes)
     else:
         raise ValueError(f"unknown method {method!r}; use 'exact' or 'hutchinson'.")
 
     y1 = (x1, jnp.zeros(x1.shape[0], dtype=x1.dtype))
-    sol, nfe, _ = solve(
-        field, y1, 1.0, 0.0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
-        saveat=diffrax.SaveAt(t1=True),
-    )
-    x0, l0 = sol.ys[0][-1], sol.ys[1][-1]
-    result = standard_normal_log_prob(x0) + l0
-    return (result, nfe) if return_nfe else result
+    result = solve(field, y1, 1.0, 0.0, options, args=args, saveat=diffrax.SaveAt(t1=True))
+    x0, l0 = result.solution.ys[0][-1], result.solution.ys[1][-1]
+    log_p0 = gaussian_log_prob(x0, 0.0, 1.0)  # p_0 = N(0, I)
+    return LogProbResult(log_p0 + l0, x0, result.nfe, result.steps)

@@ -23,78 +23,66 @@ original notebook averaged over coordinates too, which halves the value in 2D).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from .model import broadcast_time
+
 __all__ = ["PathSample", "cond_ot_path", "sample_path", "conditional_loss", "flow_matching_loss"]
+
+Velocity = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclass(frozen=True)
 class PathSample:
-    """One draw from the conditional path; every field has shape (batch_size, d) except t."""
+    """Points on the conditional path: noise ``x_0``, data ``x_1``, the point ``x_t`` at
+    time ``t`` and the target velocity ``u_t`` = u_t(x_t | x_1), each [n, d]; ``t`` [n]."""
 
-    x_0: jax.Array  # noise
-    x_1: jax.Array  # data
-    t: jax.Array  # times, shape (batch_size,)
-    x_t: jax.Array  # point on the path at time t
-    dx_t: jax.Array  # target velocity u_t(x_t | x_1)
-
-
-def _time_column(t: jax.Array, n: int) -> jax.Array:
-    t = jnp.asarray(t)
-    if t.ndim == 2 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.ndim > 1:
-        raise ValueError(f"t must be a scalar, [n] or [n, 1]; got shape {t.shape}.")
-    return jnp.broadcast_to(t, (n,))[:, None]
+    x_0: jax.Array
+    x_1: jax.Array
+    t: jax.Array
+    x_t: jax.Array
+    u_t: jax.Array
 
 
-def cond_ot_path(
-    x0: jax.Array, x1: jax.Array, t: jax.Array, sigma_min: float = 0.0
-) -> tuple[jax.Array, jax.Array]:
-    """``(x_t, u_t)`` on the conditional OT path; x0, x1 [n, d], t scalar, [n] or [n, 1]."""
+def cond_ot_path(x0: jax.Array, x1: jax.Array, t: jax.Array, sigma_min: float = 0.0) -> PathSample:
+    """The conditional OT path through x0 and x1 [n, d] at times t (scalar, [n] or [n, 1])."""
+    x0, x1 = jnp.asarray(x0), jnp.asarray(x1)
     if x0.shape != x1.shape or x0.ndim != 2:
         raise ValueError(f"x0 and x1 must both have shape [n, d]; got {x0.shape} and {x1.shape}.")
-    t = _time_column(t, x0.shape[0])
-    x_t = (1.0 - (1.0 - sigma_min) * t) * x0 + t * x1
+    t = broadcast_time(t, x0.shape[0]).astype(x0.dtype)
+    x_t = (1.0 - (1.0 - sigma_min) * t[:, None]) * x0 + t[:, None] * x1
     u_t = x1 - (1.0 - sigma_min) * x0
-    return x_t, u_t
+    return PathSample(x0, x1, t, x_t, u_t)
 
 
 def sample_path(key: jax.Array, x1: jax.Array, sigma_min: float = 0.0) -> PathSample:
-    """Draw x_0 ~ N(0, I) and t ~ U[0, 1] for each data point and return the path sample."""
+    """Draw x_0 ~ N(0, I) and t ~ U[0, 1] for each data point of x1 [n, d]."""
     key_x0, key_t = jax.random.split(key)
     x0 = jax.random.normal(key_x0, x1.shape, dtype=x1.dtype)
     t = jax.random.uniform(key_t, (x1.shape[0],), dtype=x1.dtype)
-    x_t, dx_t = cond_ot_path(x0, x1, t, sigma_min)
-    return PathSample(x0, x1, t, x_t, dx_t)
+    return cond_ot_path(x0, x1, t, sigma_min)
 
 
 def conditional_loss(
-    apply_fn: Callable[..., jax.Array],
-    params: Any,
+    velocity: Velocity,
     x0: jax.Array,
     x1: jax.Array,
     t: jax.Array,
     sigma_min: float = 0.0,
 ) -> jax.Array:
-    """The loss for given noise x0, data x1 and times t (deterministic: used for
-    validation on fixed noise). ``apply_fn({'params': params}, x, t)`` is the network."""
-    x_t, u_t = cond_ot_path(x0, x1, t, sigma_min)
-    v_t = apply_fn({"params": params}, x_t, _time_column(t, x0.shape[0])[:, 0])
-    return jnp.mean(jnp.sum((v_t - u_t) ** 2, axis=-1))
+    """The loss of ``velocity(x, t)`` (a network, say) for given noise x0, data x1 and
+    times t: deterministic, so used for validation on fixed noise."""
+    path = cond_ot_path(x0, x1, t, sigma_min)
+    return jnp.mean(jnp.sum((velocity(path.x_t, path.t) - path.u_t) ** 2, axis=-1))
 
 
 def flow_matching_loss(
-    apply_fn: Callable[..., jax.Array],
-    params: Any,
-    x1: jax.Array,
-    key: jax.Array,
-    sigma_min: float = 0.0,
+    velocity: Velocity, x1: jax.Array, key: jax.Array, sigma_min: float = 0.0
 ) -> jax.Array:
-    """Monte Carlo estimate of the conditional Flow Matching loss on the batch ``x1``:
-    fresh noise and times are drawn from ``key``."""
+    """Monte Carlo estimate of the conditional Flow Matching loss of ``velocity`` on the
+    batch ``x1``: fresh noise and times are drawn from ``key``."""
     path = sample_path(key, x1, sigma_min)
-    return conditional_loss(apply_fn, params, path.x_0, path.x_1, path.t, sigma_min)
+    return conditional_loss(velocity, path.x_0, path.x_1, path.t, sigma_min)

@@ -1,10 +1,11 @@
-"""The velocity network v_theta(x, t).
+"""The velocity network v_theta(x, t), as Flax NNX modules.
 
 Taught in chapter 3 ("The velocity network").
 
-The original notebook calls this a U-Net. It is a fully connected network (an MLP) whose
-decoder layers also see the matching encoder layer's output (skip connections): the
-"U" shape without any convolution or down-sampling. Two bugs of the original are fixed:
+The original notebook calls its network a U-Net. It is a fully connected network (an
+MLP) whose decoder layers also see the matching encoder layer's output (skip
+connections): the "U" shape without any convolution or down-sampling. Here it is called
+what it is, :class:`VelocityMLP`. Two bugs of the original are fixed:
 
 1. The last layer had ``features=x.shape[-1]`` applied *after* a concatenation, so it
    returned 128 numbers per point instead of d; here the output width is the input width d.
@@ -18,115 +19,155 @@ shows that the extra frequencies add almost no new function of time: the feature
 The hidden activation defaults to SiLU instead of the original's ReLU: a ReLU network is
 piecewise linear, so its Jacobian (and the divergence used for log-likelihoods in chapter 7)
 jumps across kinks, which makes adaptive ODE solvers take many small steps (chapter 3,
-exercise 4, measures it).
-Pass ``activation=nn.relu`` to get the original behaviour.
+exercise 4, measures it). Pass ``activation=jax.nn.relu`` to get the original behaviour.
+
+The modules are written with Flax NNX: a module holds its parameters, is built with an
+``nnx.Rngs`` and is called as ``model(x, t)``. Solvers need more than a callable: they
+compile the solve, and a compiled program must see the parameters as *inputs*, or a new
+set of parameters would mean compiling again (and a trained-in-place model would be
+solved with stale ones). :func:`velocity_fn` splits a module into its structure (static)
+and its arrays (a pytree), which is what :mod:`fm_helpers.sample` and
+:mod:`fm_helpers.density` take.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
-import equinox as eqx
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-__all__ = ["GaussianFourierProjection", "TimeDense", "VelocityUNet", "ModelVelocity", "velocity_fn"]
+__all__ = [
+    "broadcast_time",
+    "FourierWeights",
+    "GaussianFourierProjection",
+    "TimeDense",
+    "VelocityMLP",
+    "ModelVelocity",
+    "velocity_fn",
+]
 
 
-def _as_time_vector(t: jax.Array, n: int) -> jax.Array:
-    """Broadcast a scalar, [n] or [n, 1] time to shape [n]."""
+def broadcast_time(t: jax.Array, n: int) -> jax.Array:
+    """A time given as a scalar, [n] or [n, 1], as a vector of shape [n]."""
     t = jnp.asarray(t, dtype=jnp.float32)
     if t.ndim == 2 and t.shape[1] == 1:
         t = t[:, 0]
-    if t.ndim > 1:
-        raise ValueError(f"t must be a scalar, [n] or [n, 1]; got shape {t.shape}.")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, n)):
+        raise ValueError(f"t must be a scalar, [n] or [n, 1] with n = {n}; got {t.shape}.")
     return jnp.broadcast_to(t, (n,))
 
 
-class GaussianFourierProjection(nn.Module):
+class FourierWeights(nnx.Variable):
+    """The frequencies of :class:`GaussianFourierProjection`: a variable that is not an
+    ``nnx.Param``, so gradients and optimisers (which take ``nnx.Param``) leave it fixed."""
+
+
+class GaussianFourierProjection(nnx.Module):
     """Random Fourier features of time (Tancik et al., 2020).
 
     .. math:: \\gamma(t) = [\\sin(2\\pi W t), \\cos(2\\pi W t)], \\quad W_k \\sim N(0, \\text{scale}^2)
 
-    ``W`` is drawn at initialisation and never trained (its gradient is stopped).
+    ``W`` is drawn once, from ``rngs``, and never trained (a :class:`FourierWeights`).
     Maps t [n] to [n, 2 * embedding_size].
     """
 
-    embedding_size: int = 256
-    scale: float = 1.0
+    def __init__(self, embedding_size: int = 256, scale: float = 1.0, *, rngs: nnx.Rngs):
+        self.W = FourierWeights(scale * jax.random.normal(rngs.params(), (embedding_size,)))
 
-    @nn.compact
     def __call__(self, t: jax.Array) -> jax.Array:
-        w = self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
-        angles = 2.0 * jnp.pi * t[:, None] * jax.lax.stop_gradient(w)[None, :]
+        angles = 2.0 * jnp.pi * t[:, None] * self.W.value[None, :]
         return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-class TimeDense(nn.Module):
+class TimeDense(nnx.Module):
     """A dense layer whose output is shifted by a linear function of the time embedding:
     ``y = W x + b + U e(t)``."""
 
-    features: int
+    def __init__(self, in_features: int, out_features: int, time_dim: int, *, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(in_features, out_features, rngs=rngs)
+        self.time = nnx.Linear(time_dim, out_features, use_bias=False, rngs=rngs)
 
-    @nn.compact
     def __call__(self, x: jax.Array, t_emb: jax.Array) -> jax.Array:
-        return nn.Dense(self.features)(x) + nn.Dense(self.features, use_bias=False)(t_emb)
+        return self.dense(x) + self.time(t_emb)
 
 
-class VelocityUNet(nn.Module):
+class VelocityMLP(nnx.Module):
     """The original notebook's skip-connection MLP, fixed: maps x [n, d] and t to v [n, d].
 
-    Encoder widths 64 -> 128 -> 256, decoder 128 -> 64, with the decoder's layers
-    concatenated to the encoder's layers of the same width, then a dense layer back to d.
-    Every layer after the first is shifted by the time embedding (see :class:`TimeDense`).
+    With ``widths = (w1, w2, w3)`` (64, 128, 256 by default): x -> w1 -> w2 -> w3 on the
+    way in; on the way out w3 -> w2, joined (concatenated) with the w2 layer of the way
+    in, -> w1, joined with the w1 layer, then a dense layer back to d. Every layer after
+    the first is shifted by the time embedding (see :class:`TimeDense`). ``t`` is a
+    scalar, [n] or [n, 1].
     """
 
-    widths: Sequence[int] = (64, 128, 256)
-    time_dim: int = 64
-    embedding_size: int = 64
-    fourier_scale: float = 1.0
-    activation: Callable[[jax.Array], jax.Array] = nn.silu
+    def __init__(
+        self,
+        dim: int = 2,
+        *,
+        widths: Sequence[int] = (64, 128, 256),
+        time_dim: int = 64,
+        embedding_size: int = 64,
+        fourier_scale: float = 1.0,
+        activation: Callable[[jax.Array], jax.Array] = nnx.silu,
+        rngs: nnx.Rngs,
+    ):
+        if len(widths) != 3:
+            raise ValueError(f"widths must be three layer widths (w1, w2, w3); got {widths}.")
+        w1, w2, w3 = (int(w) for w in widths)
+        self.dim = dim
+        self.activation = activation
+        self.fourier = GaussianFourierProjection(embedding_size, fourier_scale, rngs=rngs)
+        self.time_in = nnx.Linear(2 * embedding_size, time_dim, rngs=rngs)
+        self.time_out = nnx.Linear(time_dim, time_dim, rngs=rngs)
+        self.layer_in = nnx.Linear(dim, w1, rngs=rngs)
+        self.down_1 = TimeDense(w1, w2, time_dim, rngs=rngs)
+        self.down_2 = TimeDense(w2, w3, time_dim, rngs=rngs)
+        self.up_1 = TimeDense(w3, w2, time_dim, rngs=rngs)
+        self.up_2 = TimeDense(2 * w2, w1, time_dim, rngs=rngs)
+        self.layer_out = nnx.Linear(2 * w1, dim, rngs=rngs)  # bug 1 fixed: d outputs
 
-    @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        if x.ndim != 2:
-            raise ValueError(f"x must have shape [n, d]; got {x.shape}.")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape [n, {self.dim}]; got {x.shape}.")
         act = self.activation
-        t_emb = GaussianFourierProjection(self.embedding_size, self.fourier_scale)(
-            _as_time_vector(t, x.shape[0])
-        )
-        t_emb = nn.Dense(self.time_dim)(nn.silu(nn.Dense(self.time_dim)(t_emb)))
-
-        h = act(nn.Dense(self.widths[0])(x))
-        skips = [h]
-        for width in self.widths[1:]:  # encoder: 128, 256
-            h = act(TimeDense(width)(h, t_emb))
-            skips.append(h)
-        skips.pop()  # the widest layer has no partner
-        for skip in reversed(skips):  # decoder: 128 (+ skip), 64 (+ skip)
-            h = act(TimeDense(skip.shape[-1])(h, t_emb))
-            h = jnp.concatenate([h, skip], axis=-1)
-        return nn.Dense(x.shape[-1])(h)  # bug 1 fixed: d outputs, not h.shape[-1]
+        e = self.fourier(broadcast_time(t, x.shape[0]))
+        e = self.time_out(nnx.silu(self.time_in(e)))  # bug 2 fixed: time_dim features
+        h1 = act(self.layer_in(x))
+        h2 = act(self.down_1(h1, e))
+        h = act(self.down_2(h2, e))
+        h = jnp.concatenate([act(self.up_1(h, e)), h2], axis=-1)
+        h = jnp.concatenate([act(self.up_2(h, e)), h1], axis=-1)
+        return self.layer_out(h)
 
 
-class ModelVelocity(eqx.Module):
-    """A trained network as the function ``velocity(x, t)`` that solvers integrate.
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ModelVelocity:
+    """A network as the function ``velocity(x, t)`` that solvers integrate.
 
-    It is an Equinox module, so ``params`` are leaves of a pytree: Diffrax's jit sees
-    them as inputs rather than constants, and a new set of parameters does not recompile.
+    ``graphdef`` is the module's structure (static: part of what a compiled program is
+    specialised to) and ``state`` its arrays (the pytree's leaves: inputs of a compiled
+    program). A solve compiled for one model therefore runs another of the same
+    structure, with other parameters, without compiling again.
     """
 
-    apply_fn: Callable[..., jax.Array] = eqx.field(static=True)
-    params: Any
+    graphdef: nnx.GraphDef = field(metadata=dict(static=True))
+    state: nnx.State
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        return self.apply_fn({"params": self.params}, x, _as_time_vector(t, x.shape[0]))
+        return nnx.merge(self.graphdef, self.state)(x, t)
 
 
-def velocity_fn(state: Any, params: Any = None) -> ModelVelocity:
-    """``velocity(x, t)`` from a ``TrainState`` (``velocity_fn(state)``), or from a module
-    and its parameters (``velocity_fn(model, params)``)."""
-    if params is None:
-        return ModelVelocity(state.apply_fn, state.params)
-    return ModelVelocity(state.apply, params)
+def velocity_fn(model: nnx.Module) -> ModelVelocity:
+    """The velocity ``(x, t) -> v`` of a network, in the form that
+    :func:`fm_helpers.sample.sample` and :func:`fm_helpers.density.log_prob` take. It
+    holds a copy of the parameters as they are now: training the model further does not
+    change it."""
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"velocity_fn takes an nnx.Module; got {type(model).__name__}.")
+    graphdef, state = nnx.split(model)
+    return ModelVelocity(graphdef, jax.tree_util.tree_map(jnp.copy, state))

@@ -14,7 +14,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import animation
 
-__all__ = ["square_grid", "scatter", "density_heatmap", "trajectories", "vector_field", "animate"]
+__all__ = [
+    "square_grid", "scatter", "density_heatmap", "trajectories", "vector_field", "animate",
+    "show_table",
+]
 
 LIM = 1.5  # default half-width of the square shown
 
@@ -119,3 +122,22 @@ def _offline_controls(html: str) -> str:
     for icon, symbol in _ICONS.items():
         html = html.replace(f'<i class="{icon}"></i>', symbol)
     return html
+
+
+def show_table(header, rows) -> None:
+    """Display a table in two formats at once: Markdown (read by Jupyter and Colab) and
+    HTML (used by the book). ``header`` is a list of column titles, ``rows`` a list of
+    rows of the same length; cells are shown with ``str``."""
+    from IPython.display import display
+
+    header = [str(x) for x in header]
+    rows = [[str(x) for x in row] for row in rows]
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"every row needs {len(header)} cells, one per column.")
+    lines = [header, ["---"] * len(header), *rows]
+    markdown = "\n".join("| " + " | ".join(row) + " |" for row in lines)
+    html = "".join(
+        "<tr>" + "".join(f"<{tag}>{x}</{tag}>" for x in row) + "</tr>"
+        for tag, row in [("th", header)] + [("td", row) for row in rows]
+    )
+    display({"text/markdown": markdown, "text/html": f"<table>{html}</table>"}, raw=True)

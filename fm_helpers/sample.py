@@ -27,20 +27,28 @@ steps included:
 
 Tsit5 and Dopri5 are "first same as last": the last stage of a step is the first of the
 next, so a step costs 6 new evaluations (of 7 stages) plus one at the very start.
+
+Diffrax compiles each solve, and reuses the compiled program when it is called again
+with the same vector field and arrays of the same shapes. The velocity is handed to the
+solve as Diffrax's ``args``: its array leaves (the parameters of a
+:func:`fm_helpers.model.velocity_fn`) are inputs of the compiled program, so another
+network of the same structure runs without compiling again, while a plain Python
+function is part of the program, recognised by identity.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 __all__ = [
-    "SOLVERS", "SolverSpec", "SampleResult", "Flow", "FIRST_STEP", "sample", "solve", "solver_spec",
+    "SOLVERS", "SolverSpec", "SolverOptions", "SolveResult", "SampleResult", "FIRST_STEP",
+    "sample", "solve", "solver_spec",
 ]
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
@@ -73,6 +81,36 @@ SOLVERS: dict[str, SolverSpec] = {
 
 
 @dataclass(frozen=True)
+class SolverOptions:
+    """How to solve an ODE; the keyword arguments of :func:`sample` and
+    :func:`fm_helpers.density.log_prob`. ``solver``: a key of :data:`SOLVERS` (any case).
+    ``num_steps=None``: adaptive steps with the tolerances ``rtol`` and ``atol`` (see the
+    module docstring); an int: that many equal steps."""
+
+    solver: str = "tsit5"
+    num_steps: int | None = None
+    rtol: float = 1e-5
+    atol: float = 1e-5
+
+    def __post_init__(self):
+        spec = solver_spec(self.solver)
+        if self.num_steps is None and not spec.adaptive:
+            raise ValueError(f"solver {self.solver!r} has no error estimate; give num_steps.")
+        if self.num_steps is not None and int(self.num_steps) < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {self.num_steps!r}.")
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """What :func:`solve` returns: Diffrax's ``solution``, the number of velocity
+    evaluations ``nfe`` and the number of ``steps`` taken, rejected ones included."""
+
+    solution: diffrax.Solution
+    nfe: int
+    steps: int
+
+
+@dataclass(frozen=True)
 class SampleResult:
     """``samples`` [n, d] at t = 1; ``trajectory`` [k, n, d] at times ``ts`` [k] (both None
     unless asked for); ``nfe`` the number of velocity evaluations; ``steps`` the steps
@@ -93,88 +131,75 @@ def solver_spec(name: str) -> SolverSpec:
         raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}.") from None
 
 
-class Flow(eqx.Module):
-    """The ODE right-hand side ``(t, y, args) -> velocity(y, t)`` in Diffrax's convention.
-
-    An Equinox module rather than a lambda: Diffrax's jit caches on it, so calling the
-    same velocity again (to time it, say) does not compile again. ``velocity`` is part of
-    the module's pytree: its array leaves (the parameters of a
-    :class:`fm_helpers.model.ModelVelocity`) are inputs of the compiled solve, while a
-    plain Python function is a compile-time constant, recognised by identity.
-    """
-
-    velocity: Velocity
-
-    def __call__(self, t: jax.Array, y: jax.Array, args: object = None) -> jax.Array:
-        return self.velocity(y, t)
+def _check_velocity(velocity: Any) -> None:
+    """Refuse a network passed where a velocity is expected, with what to do instead."""
+    if isinstance(velocity, nnx.Module):
+        raise TypeError(
+            "pass fm_helpers.model.velocity_fn(model), not the nnx.Module itself: a module is "
+            "not a pytree, so the solve would compile its parameters in as constants."
+        )
+    if not callable(velocity):
+        raise TypeError(f"velocity must be a function (x, t) -> v; got {type(velocity).__name__}.")
 
 
 def solve(
-    vector_field: Callable[[jax.Array, object, object], object],
-    y0: jax.Array,
+    vector_field: Callable[[jax.Array, Any, Any], Any],
+    y0: Any,
     t0: float,
     t1: float,
+    options: SolverOptions,
     *,
-    solver: str,
-    num_steps: int | None,
-    rtol: float,
-    atol: float,
+    args: Any = None,
     saveat: diffrax.SaveAt,
     max_steps: int = 4096,
-) -> tuple[diffrax.Solution, int, int]:
-    """Integrate ``dy/dt = vector_field(t, y, None)`` from t0 to t1.
+) -> SolveResult:
+    """Integrate ``dy/dt = vector_field(t, y, args)`` from t0 to t1 with ``options``.
 
-    Returns the Diffrax solution, the NFE and the number of steps (rejected ones
-    included). Adaptive solves (``num_steps=None``) start with a step of
-    :data:`FIRST_STEP` towards t1 and stop with an error after ``max_steps`` steps.
-    Shared by sampling and by the log-density ODE.
+    Adaptive solves start with a step of :data:`FIRST_STEP` towards t1 and stop with an
+    error after ``max_steps`` steps. Shared by sampling and by the log-density ODE.
     """
-    spec = solver_spec(solver)
-    if num_steps is None:
-        if not spec.adaptive:
-            raise ValueError(f"solver {solver!r} has no error estimate; give num_steps.")
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    spec = solver_spec(options.solver)
+    if options.num_steps is None:
+        controller = diffrax.PIDController(rtol=options.rtol, atol=options.atol)
         dt0 = jnp.asarray(FIRST_STEP if t1 >= t0 else -FIRST_STEP)
     else:
-        if int(num_steps) < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+        num_steps = int(options.num_steps)
         # dt0 as an array, and a step cap that does not depend on num_steps, so that Diffrax
         # compiles once per solver rather than once per step count (same numbers either way).
-        controller, dt0 = diffrax.ConstantStepSize(), jnp.asarray((t1 - t0) / int(num_steps))
-        max_steps = max(max_steps, int(num_steps))
-    term = diffrax.ODETerm(vector_field)
+        controller, dt0 = diffrax.ConstantStepSize(), jnp.asarray((t1 - t0) / num_steps)
+        max_steps = max(max_steps, num_steps)
     sol = diffrax.diffeqsolve(
-        term, spec.make(), t0, t1, dt0, y0,
+        diffrax.ODETerm(vector_field), spec.make(), t0, t1, dt0, y0, args=args,
         stepsize_controller=controller, saveat=saveat, max_steps=max_steps,
     )
     steps = int(sol.stats["num_steps"])
-    return sol, spec.evals_per_step * steps + spec.evals_at_start, steps
+    return SolveResult(sol, spec.evals_per_step * steps + spec.evals_at_start, steps)
+
+
+def _flow(t: jax.Array, x: jax.Array, velocity: Velocity) -> jax.Array:
+    """The ODE right-hand side in Diffrax's convention, with the velocity as ``args``."""
+    return velocity(x, t)
 
 
 def sample(
-    velocity: Velocity,
-    x0: jax.Array,
-    *,
-    solver: str = "tsit5",
-    num_steps: int | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    save_trajectory: bool | int = False,
+    velocity: Velocity, x0: jax.Array, *, save_trajectory: bool | int = False, **options
 ) -> SampleResult:
     """Push the noise ``x0`` [n, d] through the flow of ``velocity`` from t = 0 to t = 1.
 
-    ``num_steps=None`` uses an adaptive step size (``tsit5``, ``dopri5``, ``heun`` or
-    ``midpoint``) with tolerances ``rtol`` and ``atol``; otherwise ``num_steps`` fixed
-    steps. ``save_trajectory=True`` keeps 51 equally spaced times from 0 to 1; an int
-    ``k >= 2`` keeps ``k``.
+    ``velocity(x, t)``: a function, or a network's :func:`fm_helpers.model.velocity_fn`.
+    ``options``: the fields of :class:`SolverOptions` (``solver="tsit5"``,
+    ``num_steps=None``, ``rtol=1e-5``, ``atol=1e-5``). ``save_trajectory=True`` keeps 51
+    equally spaced times from 0 to 1; an int ``k >= 2`` keeps ``k``.
 
     Pitfall: the compiled solve is cached on ``velocity``. A velocity that is a plain
     Python function reading a global (a scale, a step count) is compiled with the value
     the global had at the first call, and later calls reuse it: changing the global
-    changes nothing. Pass such values in instead: as array fields of an Equinox module
-    (as :class:`fm_helpers.model.ModelVelocity` holds its parameters), or by building a
-    new function for each value.
+    changes nothing. Pass such values in instead, as arrays inside a pytree (as
+    :class:`fm_helpers.model.ModelVelocity` holds its parameters), or build a new
+    function for each value.
     """
+    _check_velocity(velocity)
+    options = SolverOptions(**options)
     x0 = jnp.asarray(x0)
     if x0.ndim != 2:
         raise ValueError(f"x0 must have shape [n, d]; got {x0.shape}.")
@@ -190,9 +215,6 @@ def sample(
         saveat = diffrax.SaveAt(ts=ts)
     else:
         ts, saveat = None, diffrax.SaveAt(t1=True)
-    sol, nfe, steps = solve(
-        Flow(velocity), x0, 0.0, 1.0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
-        saveat=saveat,
-    )
-    trajectory = sol.ys if save_trajectory else None
-    return SampleResult(sol.ys[-1], trajectory, ts, nfe, steps)
+    result = solve(_flow, x0, 0.0, 1.0, options, args=velocity, saveat=saveat)
+    ys = result.solution.ys
+    return SampleResult(ys[-1], ys if save_trajectory else None, ts, result.nfe, result.steps)

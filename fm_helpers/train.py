@@ -2,12 +2,18 @@
 
 Taught in chapter 5 ("Training").
 
-A Python loop that calls a jit-compiled step once per iteration pays a fixed price per
-call on top of the step's arithmetic: Python runs the loop body and JAX hands the
-``TrainState``'s arrays to XLA and back. :func:`fit` compiles a whole chunk of steps
+The network is a Flax NNX module and the optimiser an ``nnx.Optimizer``: both are
+objects that change in place, which reads naturally in a step. A Python loop that calls a
+compiled step once per iteration pays a fixed price per call on top of the step's
+arithmetic: Python runs the loop body and hands the arrays of the model and the optimiser
+to XLA and back. :func:`fit` compiles a whole chunk of steps
 (``chunk_size``) into one XLA program with ``jax.lax.scan``, so that price is paid once
 per chunk; between chunks it advances the progress bar and evaluates the validation loss
-on fixed noise. How much this saves depends on the step: on the two-core CPU of the
+on fixed noise. Inside ``lax.scan`` the carry must be a pytree of arrays, so a chunk
+works on ``nnx.split((model, optimizer))``: the structure (a static argument) and the
+arrays (the carry); each step rebuilds the objects with ``nnx.merge``, takes its step in
+place, and hands the arrays on with ``nnx.state``. Split and merge run while JAX traces
+the step, not in the compiled program. How much this saves depends on the step: on the two-core CPU of the
 benchmarks page (``benchmarks/results/latest.md``), a fused step of this network takes
 about 2.9 ms at batch 256 and the loop adds about 0.31 ms (11%); at batch 32 a fused step
 takes about 0.95 ms and the loop adds about 0.27 ms (28%). Chapter 5 measures both on
@@ -29,39 +35,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import serialization
-from flax.training.train_state import TrainState
+from flax import nnx, serialization
 from tqdm import tqdm
 
 from .loss import conditional_loss, flow_matching_loss
-from .model import VelocityUNet
+from .model import VelocityMLP
 
 __all__ = [
     "FINAL_LR_FRACTION",
     "History",
-    "create_train_state",
+    "adam",
+    "create_model",
+    "create_optimizer",
     "make_train_step",
     "make_train_chunk",
     "fit",
-    "save_params",
-    "load_params",
+    "save_state",
+    "load_state",
 ]
 
 # The cosine schedule ends at this fraction of the peak learning rate (optax's ``alpha``).
 # Chapter 5's sweep: a decay beats a constant rate; decaying to 0 ends close to 5%.
 FINAL_LR_FRACTION = 0.05
 
-# The network that create_train_state and fit use when no model is given. One shared
-# instance, so that its apply function, part of every TrainState's structure, is the same
-# object from call to call, and compiled programs can be reused.
-_DEFAULT_MODEL = VelocityUNet()
-
-StepFn = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array, jax.Array]]
+# A step: (model, optimizer, key, data) -> (key, loss), updating model and optimizer in place.
+StepFn = Callable[[nnx.Module, nnx.Optimizer, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 @dataclass
@@ -88,9 +90,7 @@ class History:
 def _cached(make: Callable) -> Callable:
     """``make(...)`` remembered for the last 16 distinct calls. Calls are compared after
     their defaults are filled in, so ``make_train_chunk(256, 200)`` and
-    ``make_train_chunk(256, 200, sigma_min=0.0)`` return the same object. A call with an
-    argument that cannot be hashed (such as a module with a list among its fields) makes
-    a new one."""
+    ``make_train_chunk(256, 200, sigma_min=0.0)`` return the same object."""
     signature = inspect.signature(make)
     remembered = functools.lru_cache(maxsize=16)(make)
 
@@ -98,22 +98,18 @@ def _cached(make: Callable) -> Callable:
     def get(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        try:
-            hash(bound.args)
-        except TypeError:
-            return make(*bound.args)
         return remembered(*bound.args)
 
     return get
 
 
 @_cached
-def _compiled_init(model: nn.Module) -> Callable:
-    return jax.jit(model.init)
-
-
-@_cached
-def _adam(learning_rate: float, steps: int | None) -> optax.GradientTransformation:
+def adam(learning_rate: float = 1e-3, steps: int | None = None) -> optax.GradientTransformation:
+    """Optax's Adam. Without ``steps`` the learning rate is constant; with ``steps`` it
+    follows a cosine decay from ``learning_rate`` to ``FINAL_LR_FRACTION`` (5%) of it over
+    ``steps`` steps and stays there afterwards. The same arguments return the same
+    object: it is part of an optimizer's structure, and equal structures let a compiled
+    chunk be reused."""
     schedule = (
         learning_rate
         if steps is None
@@ -124,62 +120,54 @@ def _adam(learning_rate: float, steps: int | None) -> optax.GradientTransformati
     return optax.adam(schedule)
 
 
-def create_train_state(
-    key: jax.Array,
-    model: nn.Module | None = None,
-    *,
-    dim: int = 2,
-    learning_rate: float = 1e-3,
-    steps: int | None = None,
-) -> TrainState:
-    """Initialise the network and an Adam optimiser. Without ``steps`` the learning rate
-    is constant; with ``steps`` it follows a cosine decay from ``learning_rate`` to
-    ``FINAL_LR_FRACTION`` (5%) of it over ``steps`` steps and stays there afterwards.
+def create_model(key: jax.Array | int, dim: int = 2) -> VelocityMLP:
+    """The course's network, :class:`~fm_helpers.model.VelocityMLP`, for points in ``dim``
+    dimensions, with parameters drawn from ``key`` (a PRNG key or an int seed)."""
+    return VelocityMLP(dim, rngs=nnx.Rngs(key))
 
-    ``model.init`` runs under ``jax.jit``, compiled once per model; networks that compare
-    equal share that program. The first call costs about as much as running the
-    initialisers op by op, unless ``jax.jit(model.init)`` was already compiled elsewhere
-    for this very object (JAX caches what it traced by the function it wraps, here the
-    bound method; chapter 5 relies on this). Later calls cost almost nothing, and the
-    values are the same. The optimiser is built once per ``(learning_rate, steps)``.
-    Two states made with the same model and settings therefore have the same structure,
-    and a compiled training chunk accepts both without compiling again.
-    """
-    model = _DEFAULT_MODEL if model is None else model
-    params = _compiled_init(model)(key, jnp.zeros((1, dim)), jnp.zeros((1,)))["params"]
-    tx = _adam(learning_rate, steps)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+def create_optimizer(
+    model: nnx.Module, learning_rate: float = 1e-3, steps: int | None = None
+) -> nnx.Optimizer:
+    """An ``nnx.Optimizer`` with :func:`adam` for the ``nnx.Param`` variables of
+    ``model`` (its Fourier frequencies are not parameters, so they stay fixed)."""
+    return nnx.Optimizer(model, adam(learning_rate, steps), wrt=nnx.Param)
 
 
 def make_train_step(batch_size: int, sigma_min: float = 0.0) -> StepFn:
-    """One training step ``(state, key, data) -> (state, key, loss)``, not yet jitted.
-    The key it returns is the one to pass to the next step."""
+    """One training step ``(model, optimizer, key, data) -> (key, loss)``, not compiled. It
+    draws a batch of ``data`` with replacement, noise and times, takes one optimiser step
+    on the Flow Matching loss (updating ``model`` and ``optimizer`` in place) and returns
+    the key to pass to the next step, and the loss."""
 
-    def step(state: TrainState, key: jax.Array, data: jax.Array):
+    def step(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array, data: jax.Array):
         key, key_batch, key_loss = jax.random.split(key, 3)
         idx = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
-        loss, grads = jax.value_and_grad(
-            lambda p: flow_matching_loss(state.apply_fn, p, data[idx], key_loss, sigma_min)
-        )(state.params)
-        return state.apply_gradients(grads=grads), key, loss
+        batch_loss = lambda m: flow_matching_loss(m, data[idx], key_loss, sigma_min)  # noqa: E731
+        loss, grads = nnx.value_and_grad(batch_loss)(model)
+        optimizer.update(model, grads)
+        return key, loss
 
     return step
 
 
 @_cached
-def make_train_chunk(batch_size: int, num_steps: int, sigma_min: float = 0.0) -> StepFn:
-    """``num_steps`` training steps fused into one jit-compiled ``lax.scan``:
-    ``(state, key, data) -> (state, key, losses[num_steps])``, the steps (batches, noise
-    and times) that ``num_steps`` calls of :func:`make_train_step` would take. The same
-    arguments return the same jitted function, so what it compiled is reused."""
+def make_train_chunk(batch_size: int, num_steps: int, sigma_min: float = 0.0) -> Callable:
+    """``num_steps`` training steps fused into one compiled ``lax.scan``:
+    ``(graphdef, state, key, data) -> (state, key, losses[num_steps])``, where
+    ``graphdef, state = nnx.split((model, optimizer))``, and ``graphdef`` is a static
+    argument. It takes the steps that ``num_steps`` calls of :func:`make_train_step`
+    would take (the same batches, noise and times). The same arguments return the same
+    compiled function, so what it compiled is reused."""
     step = make_train_step(batch_size, sigma_min)
 
-    @jax.jit
-    def chunk(state: TrainState, key: jax.Array, data: jax.Array):
+    @functools.partial(jax.jit, static_argnums=0)
+    def chunk(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, data: jax.Array):
         def body(carry, _):
             state, key = carry
-            state, key, loss = step(state, key, data)
-            return (state, key), loss
+            model, optimizer = nnx.merge(graphdef, state)
+            key, loss = step(model, optimizer, key, data)
+            return (nnx.state((model, optimizer)), key), loss
 
         (state, key), losses = jax.lax.scan(body, (state, key), None, length=num_steps)
         return state, key, losses
@@ -224,6 +212,46 @@ class _DisplayLine:
         pass
 
 
+def _chunk_sizes(steps: int, chunk_size: int) -> list[int]:
+    """``steps`` cut into chunks of ``chunk_size``, and a shorter last one if needed."""
+    chunk = min(chunk_size, steps)
+    return [chunk] * (steps // chunk) + ([steps % chunk] if steps % chunk else [])
+
+
+def _validation_loss(graphdef, val, key, sigma_min) -> Callable:
+    """The loss on the validation points ``val`` with noise and times drawn once from
+    ``key``, as a jitted function of the training state."""
+    key_x0, key_t = jax.random.split(key)
+    x0 = jax.random.normal(key_x0, val.shape)
+    t = jax.random.uniform(key_t, (val.shape[0],))
+
+    @jax.jit
+    def val_loss(state):
+        model, _ = nnx.merge(graphdef, state)
+        return conditional_loss(model, x0, val, t, sigma_min)
+
+    return val_loss
+
+
+def _train_chunks(runners, sizes, state, key, data, val_loss, bar):
+    """Run the compiled chunks in turn; returns the final state, the losses and the
+    validation curve, and the seconds spent in the chunks alone."""
+    losses, val_steps, val_losses = [], [], []
+    run_seconds, done = 0.0, 0
+    for n in sizes:
+        tick = time.perf_counter()
+        state, key, chunk_losses = runners[n](state, key, data)
+        losses.append(np.asarray(chunk_losses))  # waits for the chunk to finish
+        run_seconds += time.perf_counter() - tick
+        done += n
+        if val_loss is not None:
+            val_steps.append(done)
+            val_losses.append(float(val_loss(state)))
+        bar.set_postfix(loss=f"{losses[-1].mean():.3f}", refresh=False)
+        bar.update(n)
+    return state, (losses, val_steps, val_losses), run_seconds
+
+
 def fit(
     train_points: Any,
     *,
@@ -233,79 +261,63 @@ def fit(
     seed: int = 0,
     val_points: Any = None,
     progress: bool = True,
-    model: nn.Module | None = None,
+    model: nnx.Module | None = None,
     sigma_min: float = 0.0,
     chunk_size: int = 500,
-) -> tuple[TrainState, History]:
-    """Train a velocity network with Flow Matching and return ``(state, history)``.
+) -> tuple[nnx.Module, History]:
+    """Train a velocity network with Flow Matching and return ``(model, history)``.
 
-    The network (``VelocityUNet()`` unless ``model`` is given) starts from parameters
-    drawn from ``seed``; Adam's learning rate decays from ``learning_rate`` as in
-    :func:`create_train_state` with ``steps``. Steps run ``chunk_size`` at a time inside
-    one compiled ``lax.scan`` (a last, shorter chunk when ``chunk_size`` does not divide
-    ``steps``); every chunk length is compiled before training starts. Between chunks the
-    progress bar (on stdout, or one updated line in a notebook) and the validation loss
-    (on noise and times drawn once, so the curve is smooth) are updated. A second call
-    with the same model, batch size, chunk lengths, learning rate, steps and data shape
-    reuses the compiled chunks; its ``compile_seconds`` then counts only the validation
-    loss. So does a first call whose chunk ``make_train_chunk(batch_size, n)`` was
-    compiled before, for a state from :func:`create_train_state` with the same model,
-    learning rate and ``steps`` and for data of the same shape.
+    Without ``model`` the network is ``create_model(key, dim)`` with a key drawn from
+    ``seed``. A given ``model`` (an ``nnx.Module`` called as ``model(x, t)``) is the
+    starting point and is left unchanged: the trained network returned is a new object,
+    and ``seed`` then draws only the batches, noise and times. Adam's learning rate
+    decays from ``learning_rate`` as in :func:`adam` with ``steps``. Steps run
+    ``chunk_size`` at a time inside one compiled ``lax.scan`` (a last, shorter chunk
+    when ``chunk_size`` does not divide ``steps``); every chunk length is compiled before
+    training starts. Between chunks the progress bar (on stdout, or one updated line in
+    a notebook) and the validation loss (on noise and times drawn once, so the curve is
+    smooth) are updated. A second call with a network of the same structure, the same
+    batch size, chunk lengths, learning rate, steps and data shape reuses the compiled
+    chunks; its ``compile_seconds`` then counts only the validation loss.
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")
     start = time.perf_counter()
     data = _check_points(train_points, "train_points")
     key_init, key_train, key_val = jax.random.split(jax.random.PRNGKey(seed), 3)
-    state = create_train_state(
-        key_init, model, dim=data.shape[1], learning_rate=learning_rate, steps=steps
-    )
+    if model is None:
+        model = create_model(key_init, data.shape[1])
+    optimizer = create_optimizer(model, learning_rate, steps)
+    graphdef, state = nnx.split((model, optimizer))
 
-    val_loss_fn = None
+    val_loss = None
     if val_points is not None:
         val = _check_points(val_points, "val_points")
         if val.shape[1] != data.shape[1]:
             raise ValueError(
                 f"val_points have d={val.shape[1]}, train_points d={data.shape[1]}."
             )
-        key_x0, key_t = jax.random.split(key_val)
-        x0_val = jax.random.normal(key_x0, val.shape)
-        t_val = jax.random.uniform(key_t, (val.shape[0],))
+        val_loss = _validation_loss(graphdef, val, key_val, sigma_min)
 
-        def val_loss(params):
-            return conditional_loss(state.apply_fn, params, x0_val, val, t_val, sigma_min)
-
-        val_loss_fn = jax.jit(val_loss)
-
-    chunk = min(chunk_size, steps)
-    sizes = [chunk] * (steps // chunk) + ([steps % chunk] if steps % chunk else [])
     # Compile every program before training, so that no timed chunk includes compiling.
+    sizes = _chunk_sizes(steps, chunk_size)
     tick = time.perf_counter()
-    runners = {}
-    for n in sorted(set(sizes)):
-        runner = make_train_chunk(batch_size, n, sigma_min)
-        runners[n] = runner.lower(state, key_train, data).compile()
-    if val_loss_fn is not None:
-        val_loss_fn = val_loss_fn.lower(state.params).compile()
+    runners = {
+        n: make_train_chunk(batch_size, n, sigma_min).lower(graphdef, state, key_train, data).compile()
+        for n in sorted(set(sizes))
+    }
+    if val_loss is not None:
+        val_loss = val_loss.lower(state).compile()
     compile_seconds = time.perf_counter() - tick
 
-    losses, val_steps, val_losses = [], [], []
-    run_seconds, done = 0.0, 0
     bar_file = _DisplayLine() if progress and _in_jupyter_kernel() else sys.stdout
     with tqdm(
         total=steps, disable=not progress, file=bar_file, desc="training", unit="step"
     ) as bar:
-        for n in sizes:
-            tick = time.perf_counter()
-            state, key_train, chunk_losses = runners[n](state, key_train, data)
-            losses.append(np.asarray(chunk_losses))  # waits for the chunk to finish
-            run_seconds += time.perf_counter() - tick
-            done += n
-            if val_loss_fn is not None:
-                val_steps.append(done)
-                val_losses.append(float(val_loss_fn(state.params)))
-            bar.set_postfix(loss=f"{losses[-1].mean():.3f}", refresh=False)
-            bar.update(n)
+        state, (losses, val_steps, val_losses), run_seconds = _train_chunks(
+            runners, sizes, state, key_train, data, val_loss, bar
+        )
+    trained, _ = nnx.merge(graphdef, state)
     history = History(
         loss=np.concatenate(losses),
         val_steps=np.asarray(val_steps, dtype=int),
@@ -314,18 +326,31 @@ def fit(
         compile_seconds=compile_seconds,
         steps_per_second=steps / run_seconds,
     )
-    return state, history
+    return trained, history
 
 
-def save_params(path: str | Path, params: Any) -> None:
-    """Write parameters with Flax's msgpack serialization (no pickle)."""
-    Path(path).write_bytes(serialization.to_bytes(params))
+def save_state(path: str | Path, model: nnx.Module) -> None:
+    """Write every array of ``model`` (``nnx.state(model)``, as nested dicts) to ``path``
+    with msgpack, through Flax's serialization: no pickle, so loading runs no code."""
+    pure = nnx.to_pure_dict(nnx.state(model))
+    Path(path).write_bytes(serialization.msgpack_serialize(pure))
 
 
-def load_params(path: str | Path, target: Any) -> Any:
-    """Read parameters written by :func:`save_params`; ``target`` gives the tree structure
-    and shapes (for example freshly initialised parameters of the same model)."""
+def load_state(path: str | Path, model: nnx.Module) -> nnx.Module:
+    """Read arrays written by :func:`save_state` into ``model`` (in place) and return it.
+    ``model`` gives the structure and shapes: a network built like the one saved."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no parameter file at {path}; save one with save_params first.")
-    return serialization.from_bytes(target, path.read_bytes())
+        raise ValueError(f"no saved state at {path}; write one with save_state first.")
+    state = nnx.state(model)
+    template = nnx.to_pure_dict(state)
+    loaded = serialization.msgpack_restore(path.read_bytes())
+    shapes = lambda tree: jax.tree_util.tree_map(jnp.shape, tree)  # noqa: E731
+    if shapes(template) != shapes(loaded):
+        raise ValueError(
+            f"{path} holds arrays of other names or shapes than this model; "
+            "build the model with the settings of the one that was saved."
+        )
+    nnx.replace_by_pure_dict(state, loaded)
+    nnx.update(model, state)
+    return model

@@ -118,3 +118,23 @@ def test_book_config():
     assert CONFIG["sphinx"]["recursive_update"] is True
     for pattern in (".venv", "_build", "tests"):
         assert pattern in CONFIG["exclude_patterns"]
+
+
+def test_api_page_covers_every_public_name():
+    """Every module of fm_helpers has a section on the API page, and every public name a
+    module defines is in its ``__all__`` (which is what the page documents): a name that
+    readers should not use starts with an underscore instead."""
+    import importlib
+    import pkgutil
+
+    import fm_helpers
+
+    page = (ROOT / "book" / "api.md").read_text()
+    for info in pkgutil.iter_modules(fm_helpers.__path__):
+        assert f".. automodule:: fm_helpers.{info.name}\n" in page, info.name
+        module = importlib.import_module(f"fm_helpers.{info.name}")
+        defined = {
+            name for name, value in vars(module).items()
+            if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+        }
+        assert defined <= set(module.__all__), (info.name, defined - set(module.__all__))

@@ -5,13 +5,37 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from fm_helpers.density import divergence_exact, divergence_hutchinson, log_prob
+from fm_helpers.gaussian import GaussianFlow
+from fm_helpers.model import VelocityMLP, velocity_fn
 
 
 def test_exact_log_prob_matches_closed_form(affine, noise):
     x1 = affine.push(noise)
-    lp = np.asarray(log_prob(affine, x1, method="exact"))
+    result = log_prob(affine, x1, method="exact")
+    lp = np.asarray(result.log_prob)
+    np.testing.assert_allclose(result.noise, noise, atol=1e-4)  # the backward flow's end
+    assert result.nfe == 6 * result.steps + 1  # Tsit5
     np.testing.assert_allclose(lp, affine.log_prob(x1), atol=1e-4)
+
+
+def test_gaussian_flow_log_prob_matches_its_closed_form():
+    """Chapter 1's closed-form flow (fm_helpers.gaussian): the log-density ODE, solved
+    backwards from x1 = mu + s z, gives log N(x1; mu, s^2 I), and the backward flow ends
+    at z; its divergence is d (s - 1) / a(t), the trace of its Jacobian."""
+    flow = GaussianFlow(jnp.array([1.0, -0.5]), jnp.float32(0.5))
+    z = jax.random.normal(jax.random.PRNGKey(1), (300, 2))
+    x1 = flow.flow_map(z, 1.0)
+    result = log_prob(flow, x1)
+    np.testing.assert_allclose(result.log_prob, flow.log_prob(x1), atol=1e-4)
+    np.testing.assert_allclose(result.noise, z, atol=1e-4)
+    _, div = divergence_exact(flow, x1, jnp.float32(0.3))
+    np.testing.assert_allclose(div, flow.divergence(0.3), rtol=1e-5)
+    # the flow map solves dx/dt = v_t(x): its time derivative is the velocity
+    x_t, dx_dt = jax.jvp(lambda t: flow.flow_map(z, t), (0.4,), (1.0,))
+    np.testing.assert_allclose(dx_dt, flow(x_t, 0.4), atol=1e-5)
 
 
 def test_divergence_exact_on_linear_field():
@@ -37,15 +61,12 @@ def test_hutchinson_is_unbiased_on_linear_field():
 def test_hutchinson_mean_agrees_with_exact_on_a_network():
     """On a nonlinear field (a random network) the mean of independent Hutchinson runs
     agrees with the exact value within its standard error."""
-    from fm_helpers.model import VelocityUNet, velocity_fn
-
-    model = VelocityUNet(widths=(16, 32, 64))
-    params = model.init(jax.random.PRNGKey(6), jnp.zeros((1, 2)), jnp.zeros(1))["params"]
-    velocity = velocity_fn(model, params)
+    velocity = velocity_fn(VelocityMLP(widths=(16, 32, 64), rngs=nnx.Rngs(6)))
     x = jax.random.normal(jax.random.PRNGKey(7), (8, 2))
-    exact = np.asarray(log_prob(velocity, x, num_steps=8))
+    exact = np.asarray(log_prob(velocity, x, num_steps=8).log_prob)
     runs = np.stack([
-        np.asarray(log_prob(velocity, x, method="hutchinson", key=jax.random.PRNGKey(100 + k), num_steps=8))
+        np.asarray(log_prob(velocity, x, method="hutchinson", key=jax.random.PRNGKey(100 + k),
+                            num_steps=8).log_prob)
         for k in range(48)
     ])
     mean, stderr = runs.mean(0), runs.std(0, ddof=1) / np.sqrt(len(runs))
@@ -65,12 +86,9 @@ def test_hutchinson_needs_key(affine, noise):
 def test_antithetic_pair_gives_the_exact_divergence():
     """In 2D the probes (1, 1) and (1, -1) have e1 e2 = +1 and -1: their cross terms
     cancel, and their mean is the trace, on a linear field and on a network."""
-    from fm_helpers.model import VelocityUNet, velocity_fn
-
-    model = VelocityUNet(widths=(16, 32, 64))
-    params = model.init(jax.random.PRNGKey(8), jnp.zeros((1, 2)), jnp.zeros(1))["params"]
     a = jnp.array([[0.3, 2.0], [-1.5, -0.8]])
-    fields = [lambda x, t: x @ a.T, velocity_fn(model, params)]
+    network = velocity_fn(VelocityMLP(widths=(16, 32, 64), rngs=nnx.Rngs(8)))
+    fields = [lambda x, t: x @ a.T, network]
     x = jax.random.normal(jax.random.PRNGKey(9), (6, 2))
     pair = jnp.broadcast_to(jnp.array([[1.0, 1.0], [1.0, -1.0]])[:, None, :], (2, 6, 2))
     for field in fields:
@@ -93,8 +111,9 @@ def test_one_probe_log_prob_is_exact_plus_or_minus_the_integrated_cross_terms():
     c = float(m[0, 1] + m[1, 0])
     x = jnp.repeat(jax.random.normal(jax.random.PRNGKey(10), (3, 2)), 40, axis=0)
     kw = dict(solver="tsit5", num_steps=16)
-    exact = np.asarray(log_prob(field, x, **kw))
-    one = np.asarray(log_prob(field, x, method="hutchinson", key=jax.random.PRNGKey(11), **kw))
+    exact = np.asarray(log_prob(field, x, **kw).log_prob)
+    one = np.asarray(log_prob(field, x, method="hutchinson", key=jax.random.PRNGKey(11),
+                              **kw).log_prob)
     error = one - exact
     assert np.all(np.minimum(np.abs(error - c), np.abs(error + c)) < 1e-4)
     assert np.any(error > 0) and np.any(error < 0), "both signs occur"
@@ -120,8 +139,8 @@ def test_seed_study_records_what_the_chapter_computes():
     assert study["kde"]["bandwidth"] == h
     np.testing.assert_allclose(study["kde"]["test_nll"], -log_q_kde.mean(), rtol=1e-12)
 
-    state, _ = train.fit(train_x, seed=0, progress=False, **recipe)
-    log_q = np.asarray(log_prob(model.velocity_fn(state), np.concatenate([test_x, train_x])),
+    net, _ = train.fit(train_x, seed=0, progress=False, **recipe)
+    log_q = np.asarray(log_prob(model.velocity_fn(net), np.concatenate([test_x, train_x])).log_prob,
                        dtype=np.float64)
     first = study["runs"][0]
     np.testing.assert_allclose(first["test_nll"], -log_q[:64].mean(), rtol=1e-6)

@@ -1,101 +1,142 @@
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from fm_helpers.model import GaussianFourierProjection, VelocityUNet, velocity_fn
+from fm_helpers.model import (
+    GaussianFourierProjection,
+    ModelVelocity,
+    VelocityMLP,
+    broadcast_time,
+    velocity_fn,
+)
 
 KEY = jax.random.PRNGKey(0)
+
+
+def net(seed=0, **kwargs):
+    return VelocityMLP(rngs=nnx.Rngs(seed), **kwargs)
 
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_output_width_equals_input_width(d):
     """Regression test for the original notebook's bug: its last layer produced 128
     features per point, whatever d was."""
-    model = VelocityUNet()
-    x = jnp.ones((5, d))
-    params = model.init(KEY, x, jnp.zeros(5))["params"]
-    assert model.apply({"params": params}, x, jnp.zeros(5)).shape == (5, d)
+    model = VelocityMLP(d, rngs=nnx.Rngs(0))
+    assert model(jnp.ones((5, d)), jnp.zeros(5)).shape == (5, d)
 
 
 def test_time_embedding_is_not_squeezed_to_d():
     """The original fed a time embedding of x.shape[-1] = 2 features to every layer."""
-    model = VelocityUNet()
-    params = model.init(KEY, jnp.ones((1, 2)), jnp.zeros(1))["params"]
-    kernels = [p["kernel"].shape for name, p in params.items() if name.startswith("Dense")]
-    assert (model.embedding_size * 2, model.time_dim) in kernels
-    time_kernels = [p["Dense_1"]["kernel"].shape for name, p in params.items() if name.startswith("TimeDense")]
-    assert time_kernels and all(shape[0] == model.time_dim > 2 for shape in time_kernels)
+    model = net(time_dim=64, embedding_size=32)
+    assert model.time_in.kernel.value.shape == (2 * 32, 64)
+    for layer in (model.down_1, model.down_2, model.up_1, model.up_2):
+        assert layer.time.kernel.value.shape[0] == 64
 
 
 def test_time_shapes_are_equivalent():
-    model = VelocityUNet()
+    model = net()
     x = jax.random.normal(KEY, (4, 2))
-    params = model.init(KEY, x, jnp.zeros(4))["params"]
-    scalar = model.apply({"params": params}, x, 0.3)
-    vector = model.apply({"params": params}, x, jnp.full(4, 0.3))
-    column = model.apply({"params": params}, x, jnp.full((4, 1), 0.3))
-    np.testing.assert_allclose(scalar, vector, atol=1e-6)
-    np.testing.assert_allclose(column, vector, atol=1e-6)
+    vector = model(x, jnp.full(4, 0.3))
+    np.testing.assert_allclose(model(x, 0.3), vector, atol=1e-6)
+    np.testing.assert_allclose(model(x, jnp.full((4, 1), 0.3)), vector, atol=1e-6)
+
+
+def test_broadcast_time_rejects_wrong_lengths():
+    assert broadcast_time(0.5, 3).shape == (3,)
+    with pytest.raises(ValueError, match="scalar"):
+        broadcast_time(jnp.zeros(4), 3)
+    with pytest.raises(ValueError, match="scalar"):
+        broadcast_time(jnp.zeros((3, 2)), 3)
 
 
 def test_output_depends_on_time():
-    model = VelocityUNet()
+    model = net()
     x = jax.random.normal(KEY, (4, 2))
-    params = model.init(KEY, x, jnp.zeros(4))["params"]
-    a = model.apply({"params": params}, x, 0.1)
-    b = model.apply({"params": params}, x, 0.9)
-    assert float(jnp.abs(a - b).max()) > 1e-3
+    assert float(jnp.abs(model(x, 0.1) - model(x, 0.9)).max()) > 1e-3
 
 
-def test_fourier_features():
-    proj = GaussianFourierProjection(embedding_size=8, scale=2.0)
+def test_fourier_features_are_fixed_and_exact():
+    proj = GaussianFourierProjection(embedding_size=8, scale=2.0, rngs=nnx.Rngs(0))
     t = jnp.linspace(0, 1, 5)
-    params = proj.init(KEY, t)
-    feats = proj.apply(params, t)
-    w = params["params"]["W"]
+    w = np.asarray(proj.W.value)
+    feats = proj(t)
     assert feats.shape == (5, 16)
     np.testing.assert_allclose(feats[:, :8], np.sin(2 * np.pi * np.outer(t, w)), atol=1e-5)
     np.testing.assert_allclose(feats[:, 8:], np.cos(2 * np.pi * np.outer(t, w)), atol=1e-5)
-    # W is frozen: no gradient flows into it
-    grad = jax.grad(lambda p: proj.apply(p, t).sum())(params)
-    assert float(jnp.abs(grad["params"]["W"]).max()) == 0.0
+    # W is not a parameter: gradients (which are taken with respect to nnx.Param) skip it
+    assert nnx.state(proj, nnx.Param) == nnx.State({})
+    model = net()
+    grads = nnx.grad(lambda m: m(jnp.ones((3, 2)), 0.5).sum())(model)
+    names = {path[0] for path, _ in nnx.to_flat_state(grads)}
+    assert "fourier" not in names and "layer_in" in names
 
 
-def test_velocity_fn_forms_agree():
-    from fm_helpers.train import create_train_state
-
-    state = create_train_state(KEY)
+def test_velocity_fn_is_a_pytree_of_the_parameters():
+    model = net()
+    velocity = velocity_fn(model)
     x = jax.random.normal(KEY, (3, 2))
-    a = velocity_fn(state)(x, 0.5)
-    b = velocity_fn(VelocityUNet(), state.params)(x, 0.5)
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(velocity(x, 0.5), model(x, 0.5))
+    leaves = jax.tree_util.tree_leaves(velocity)
+    assert all(isinstance(leaf, jax.Array) for leaf in leaves)
+    assert sum(leaf.size for leaf in leaves) == sum(
+        leaf.size for leaf in jax.tree_util.tree_leaves(nnx.state(model))
+    )
+    # the structure is static: two models of the same architecture share it
+    assert jax.tree_util.tree_structure(velocity) == jax.tree_util.tree_structure(
+        velocity_fn(net(seed=1))
+    )
+    # a copy: changing the model afterwards does not change the velocity
+    model.layer_out.bias.value = model.layer_out.bias.value + 1.0
+    np.testing.assert_allclose(model(x, 0.5) - velocity(x, 0.5), 1.0, atol=1e-6)
+    with pytest.raises(TypeError, match="nnx.Module"):
+        velocity_fn(velocity)
+    assert isinstance(velocity, ModelVelocity)
+
+
+def _by_hand(model, x, t, act):
+    """The forward pass written out with the model's own weights and ``act``."""
+    dense = lambda layer, h: h @ layer.kernel.value + (  # noqa: E731
+        0.0 if layer.bias is None else layer.bias.value
+    )
+    w = model.fourier.W.value
+    angles = 2 * jnp.pi * t * w[None, :]
+    e = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    e = dense(model.time_out, jax.nn.silu(dense(model.time_in, e)))
+    time_dense = lambda layer, h: dense(layer.dense, h) + dense(layer.time, e)  # noqa: E731
+    h1 = act(dense(model.layer_in, x))
+    h2 = act(time_dense(model.down_1, h1))
+    h = act(time_dense(model.down_2, h2))
+    h = jnp.concatenate([act(time_dense(model.up_1, h)), h2], axis=-1)
+    h = jnp.concatenate([act(time_dense(model.up_2, h)), h1], axis=-1)
+    return dense(model.layer_out, h)
 
 
 def test_relu_variant_is_the_original_activation():
-    """The activation is really used in the hidden layers: with ReLU the network is
-    piecewise linear in x, so its second derivative in x is zero (away from the kinks,
-    which random points miss); with SiLU, on the same parameters, it is not."""
+    """The activation is really used in the hidden layers: the ReLU network matches a
+    forward pass written out by hand with ReLU, differs from SiLU's on the same
+    parameters, and is piecewise linear in x (zero second derivative away from the
+    kinks, which random points miss), while the SiLU network is not."""
     x = jax.random.normal(jax.random.PRNGKey(5), (8, 2))
-    params = VelocityUNet().init(KEY, x, jnp.zeros(8))["params"]
+    relu, silu = net(activation=jax.nn.relu), net()  # same seed: same parameters
+    np.testing.assert_allclose(relu(x, 0.4), _by_hand(relu, x, 0.4, jax.nn.relu), atol=1e-5)
+    np.testing.assert_allclose(silu(x, 0.4), _by_hand(silu, x, 0.4, jax.nn.silu), atol=1e-5)
+    assert np.abs(np.asarray(relu(x, 0.4) - silu(x, 0.4))).max() > 1e-3
 
-    def curvature(activation):
-        net = VelocityUNet(activation=activation)
-
-        def v(point):  # one point, first output coordinate, at t = 0.4
-            return net.apply({"params": params}, point[None, :], 0.4)[0, 0]
-
+    def curvature(model):
+        v = lambda point: model(point[None, :], 0.4)[0, 0]  # noqa: E731
         return np.abs(np.asarray(jax.vmap(jax.hessian(v))(x))).max()
 
-    relu = VelocityUNet(activation=nn.relu).apply({"params": params}, x, 0.4)
-    silu = VelocityUNet().apply({"params": params}, x, 0.4)
-    assert np.abs(np.asarray(relu - silu)).max() > 1e-3, "the activation changes the output"
-    assert curvature(nn.relu) == 0.0, "ReLU hidden layers: piecewise linear in x"
-    assert curvature(nn.silu) > 1e-3, "SiLU hidden layers: curved in x"
+    assert curvature(relu) == 0.0, "ReLU hidden layers: piecewise linear in x"
+    assert curvature(silu) > 1e-3, "SiLU hidden layers: curved in x"
 
 
-def test_rejects_unbatched_input():
-    model = VelocityUNet()
-    with pytest.raises(ValueError, match=r"\[n, d\]"):
-        model.init(KEY, jnp.ones(2), jnp.zeros(1))
+def test_rejects_bad_input():
+    model = net()
+    with pytest.raises(ValueError, match=r"\[n, 2\]"):
+        model(jnp.ones(2), jnp.zeros(1))
+    with pytest.raises(ValueError, match=r"\[n, 2\]"):
+        model(jnp.ones((4, 3)), 0.5)
+    with pytest.raises(ValueError, match="three"):
+        net(widths=(8, 16))

@@ -1,6 +1,7 @@
 """Solvers against the closed-form flow of conftest.AffineFlow."""
 
-import equinox as eqx
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,8 +103,10 @@ def velocity_reading_a_global(x, t):
     return SETTINGS["scale"] * x
 
 
-class ScaledVelocity(eqx.Module):
-    scale: jax.Array  # an array field: an input of the compiled solve
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ScaledVelocity:
+    scale: jax.Array  # a pytree leaf: an input of the compiled solve
 
     def __call__(self, x, t):
         return self.scale * x
@@ -151,3 +154,47 @@ def test_bad_arguments(affine, noise):
         sample(affine, jnp.zeros(3))
     with pytest.raises(ValueError, match="k >= 2"):
         sample(affine, noise, num_steps=4, save_trajectory=1)
+
+
+def test_a_network_is_passed_as_its_velocity_and_does_not_recompile(noise):
+    """sample refuses an nnx.Module (its parameters would be compiled in) and takes
+    velocity_fn(model); a second network of the same structure, with other parameters,
+    runs the compiled solve again (the velocity is traced once) with its own numbers."""
+    from flax import nnx
+
+    from fm_helpers.model import VelocityMLP, velocity_fn
+
+    first, second = (VelocityMLP(widths=(8, 8, 8), rngs=nnx.Rngs(k)) for k in (0, 1))
+    with pytest.raises(TypeError, match="velocity_fn"):
+        sample(first, noise, solver="euler", num_steps=2)
+    traces = []
+
+    @jax.tree_util.register_dataclass
+    @dataclass(frozen=True)
+    class Counting:
+        inner: object
+
+        def __call__(self, x, t):
+            traces.append(1)  # runs only while JAX traces the solve
+            return self.inner(x, t)
+
+    out = []
+    for m in (first, second):
+        out.append(sample(Counting(velocity_fn(m)), noise, solver="euler", num_steps=2).samples)
+        if len(out) == 1:
+            traced_once = len(traces)  # Diffrax traces the field a few times per compile
+    assert traced_once > 0 and len(traces) == traced_once, "the second network recompiled"
+    direct = sample(velocity_fn(second), noise, solver="euler", num_steps=2).samples
+    np.testing.assert_allclose(out[1], direct, atol=1e-6)
+    assert float(jnp.abs(out[0] - out[1]).max()) > 1e-3
+
+
+def test_solver_options_are_checked(affine, noise):
+    with pytest.raises(TypeError):
+        sample(affine, noise, solvr="euler")
+    with pytest.raises(ValueError, match="unknown solver"):
+        sample(affine, noise, solver="rk4")
+    with pytest.raises(ValueError, match="num_steps"):
+        sample(affine, noise, solver="euler")
+    with pytest.raises(ValueError, match="positive"):
+        sample(affine, noise, solver="euler", num_steps=0)

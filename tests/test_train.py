@@ -8,9 +8,23 @@ import pytest
 from fm_helpers import train
 from fm_helpers.data import ImageDensity, load_image
 from fm_helpers.density import log_prob
-from fm_helpers.model import VelocityUNet, velocity_fn
+from flax import nnx
+
+from fm_helpers.model import VelocityMLP, velocity_fn
 from fm_helpers.plot import square_grid
-from fm_helpers.train import create_train_state, fit, load_params, make_train_chunk, make_train_step, save_params
+from fm_helpers.train import (
+    create_model,
+    create_optimizer,
+    fit,
+    load_state,
+    make_train_chunk,
+    make_train_step,
+    save_state,
+)
+
+
+def leaves(model):
+    return jax.tree_util.tree_leaves(nnx.state(model))
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +39,34 @@ def trained(data):
 
 
 def test_same_seed_same_parameters(data, trained):
-    state, _ = trained
+    model, _ = trained
     again, _ = fit(data, steps=600, batch_size=256, learning_rate=3e-3, seed=0, val_points=data[:500],
                    progress=False, chunk_size=200)
-    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(again.params)):
+    for a, b in zip(leaves(model), leaves(again)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_different_seed_different_parameters(data, trained):
     other, _ = fit(data, steps=10, seed=1, progress=False)
-    first = jax.tree_util.tree_leaves(trained[0].params)[0]
-    assert not np.array_equal(first, jax.tree_util.tree_leaves(other.params)[0])
+    first = trained[0].layer_in.kernel.value
+    assert not np.array_equal(first, other.layer_in.kernel.value)
+
+
+def test_a_given_model_is_the_start_and_is_left_unchanged(data):
+    """fit(model=m) starts from m's parameters (0 steps of size 0 give them back) and
+    returns a new module; m itself keeps its values."""
+    start = VelocityMLP(widths=(8, 16, 32), rngs=nnx.Rngs(3))
+    before = [np.asarray(x) for x in leaves(start)]
+    same, _ = fit(data, steps=5, learning_rate=0.0, model=start, progress=False)
+    moved, _ = fit(data, steps=5, learning_rate=1e-2, model=start, progress=False)
+    assert same is not start and isinstance(same, VelocityMLP)
+    for a, b, c in zip(before, leaves(start), leaves(same)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    assert not np.array_equal(moved.layer_in.kernel.value, before[0]) or not np.array_equal(
+        moved.layer_out.kernel.value, start.layer_out.kernel.value
+    )
+    np.testing.assert_array_equal(moved.fourier.W.value, start.fourier.W.value)  # fixed
 
 
 def test_history(trained):
@@ -146,7 +177,7 @@ def test_same_arguments_same_chunk_function():
 
 
 def test_fit_reuses_a_chunk_compiled_before_it(data, monkeypatch):
-    """A chunk run by hand on a state from create_train_state with fit's settings is the
+    """A chunk run by hand on a model and optimizer made as fit makes them is the
     program fit needs: fit traces (and compiles) nothing new."""
     traced = []
     real_make_step = train.make_train_step
@@ -161,58 +192,69 @@ def test_fit_reuses_a_chunk_compiled_before_it(data, monkeypatch):
         return counted
 
     monkeypatch.setattr(train, "make_train_step", counting_make_step)
-    state = create_train_state(jax.random.PRNGKey(4), learning_rate=2e-3, steps=30)
-    make_train_chunk(11, 30)(state, jax.random.PRNGKey(5), jnp.asarray(data))
+    model = create_model(jax.random.PRNGKey(4))
+    graphdef, state = nnx.split((model, create_optimizer(model, 2e-3, 30)))
+    make_train_chunk(11, 30)(graphdef, state, jax.random.PRNGKey(5), jnp.asarray(data))
     assert traced == [11]  # batch 11, 30 steps, lr 2e-3: settings no other test uses
     fit(data, steps=30, batch_size=11, learning_rate=2e-3, progress=False)
     assert traced == [11]
 
 
-def test_jitted_init_equals_op_by_op_init():
-    """create_train_state compiles model.init; the values are those of the eager init."""
-    key, net = jax.random.PRNGKey(3), VelocityUNet()
-    eager = net.init(key, jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
-    jitted = create_train_state(key, net).params
-    for a, b in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)):
-        np.testing.assert_array_equal(a, b)
+def test_optimizer_updates_parameters_only():
+    """create_optimizer holds Adam's state for the nnx.Param variables alone: the
+    Fourier frequencies are not among them, so a step leaves them where they were."""
+    model = create_model(0)
+    optimizer = create_optimizer(model, 1e-2)
+    w = np.asarray(model.fourier.W.value)
+    step = make_train_step(32)
+    step(model, optimizer, jax.random.PRNGKey(1), jnp.ones((10, 2)))
+    np.testing.assert_array_equal(model.fourier.W.value, w)
+    assert int(optimizer.step.value) == 1
+    assert create_model(0).layer_in.kernel.value.sum() != model.layer_in.kernel.value.sum()
 
 
 def test_scan_equals_step_loop(data):
     """The fused chunk runs exactly the steps that the per-call loop runs."""
-    state = create_train_state(jax.random.PRNGKey(0), learning_rate=1e-3)
+    model = create_model(0)
+    graphdef, state = nnx.split((model, create_optimizer(model, 1e-3)))
     key, points = jax.random.PRNGKey(1), jnp.asarray(data)
-    step = jax.jit(make_train_step(64))
-    looped, k, losses = state, key, []
+    # merge reuses the state's variables, which the loop changes in place: give it a copy
+    looped, optimizer = nnx.merge(graphdef, jax.tree_util.tree_map(jnp.copy, state))
+    step = nnx.jit(make_train_step(64))
+    k, losses = key, []
     for _ in range(5):
-        looped, k, loss = step(looped, k, points)
+        k, loss = step(looped, optimizer, k, points)
         losses.append(loss)
-    fused, k2, fused_losses = make_train_chunk(64, 5)(state, key, points)
+    fused, k2, fused_losses = make_train_chunk(64, 5)(graphdef, state, key, points)
     np.testing.assert_array_equal(k, k2)
     np.testing.assert_allclose(fused_losses, np.array(losses), rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(looped.params), jax.tree_util.tree_leaves(fused.params)):
+    for a, b in zip(leaves(looped), jax.tree_util.tree_leaves(fused[0])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_trained_density_integrates_to_one(trained):
     """A model trained for a few hundred steps is a proper density: its log_prob on a
     grid that covers the support sums to 1 (times the cell area) within 0.02."""
-    state, _ = trained
+    model, _ = trained
     points, cell_area, _ = square_grid(n=80, lim=2.5)
-    lp = np.asarray(log_prob(velocity_fn(state), jnp.asarray(points), rtol=1e-4, atol=1e-4))
+    lp = np.asarray(log_prob(velocity_fn(model), jnp.asarray(points), rtol=1e-4, atol=1e-4).log_prob)
     mass = float(np.exp(lp).sum() * cell_area)
     assert abs(mass - 1.0) < 0.02, mass
 
 
 def test_save_load_round_trip(trained, tmp_path):
-    state, _ = trained
-    path = tmp_path / "params.msgpack"
-    save_params(path, state.params)
-    template = create_train_state(jax.random.PRNGKey(9)).params
-    loaded = load_params(path, template)
-    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(loaded)):
+    model, _ = trained
+    path = tmp_path / "model.msgpack"
+    save_state(path, model)
+    loaded = load_state(path, create_model(9))
+    for a, b in zip(leaves(model), leaves(loaded)):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="no parameter file"):
-        load_params(tmp_path / "missing.msgpack", template)
+    x = jnp.ones((3, 2))
+    np.testing.assert_array_equal(loaded(x, 0.5), model(x, 0.5))
+    with pytest.raises(ValueError, match="no saved state"):
+        load_state(tmp_path / "missing.msgpack", create_model(9))
+    with pytest.raises(ValueError, match="shapes"):
+        load_state(path, VelocityMLP(widths=(8, 16, 32), rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize("bad", [np.zeros(5), np.zeros((0, 2)), np.full((3, 2), np.nan)])

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax.training.train_state import TrainState
+from flax import nnx
 
 import markup as md
 from common import BATCH, Context, seconds
 from fm_helpers.density import log_prob
-from fm_helpers.metrics import nll
+from fm_helpers.metrics import kl_gap, nll
 from fm_helpers.model import velocity_fn
 from fm_helpers.sample import sample
 from plots import log_x, plt, save
@@ -48,13 +48,14 @@ def _kl_gap(b: dict, threshold: float) -> tuple[str, bool]:
 GOALS: tuple[Goal, ...] = (Goal("KL gap <= {threshold:.2f} nats within 5 minutes of training", 0.10, _kl_gap),)
 
 
-def _score(state: TrainState, ctx: Context) -> dict:
-    velocity = velocity_fn(state)
-    (lp, nfe), lp_s = seconds(lambda: log_prob(velocity, ctx.test[: ctx.cfg.n_nll], return_nfe=True))
+def _score(model: nnx.Module, ctx: Context) -> dict:
+    velocity = velocity_fn(model)
+    density, lp_s = seconds(lambda: log_prob(velocity, ctx.test[: ctx.cfg.n_nll]))
+    lp, nfe = density.log_prob, density.nfe
     mean_nll, se = nll(lp)
     noise = jax.random.normal(jax.random.PRNGKey(303), (ctx.cfg.n_samples, 2))
     res, sample_s = seconds(lambda: sample(velocity, noise))
-    return {"nll": mean_nll, "nll_stderr": se, "kl_gap": mean_nll - ctx.density.entropy(),
+    return {"nll": mean_nll, "nll_stderr": se, "kl_gap": kl_gap(lp, ctx.density.entropy()),
             "energy_distance": ctx.energy_distance(res.samples), "log_prob_nfe": int(nfe),
             "log_prob_seconds": lp_s, "sample_nfe": int(res.nfe), "sample_seconds": sample_s}
 
@@ -67,9 +68,9 @@ def run(ctx: Context) -> dict:
            "n_nll": cfg.n_nll, "n_samples": cfg.n_samples, "entropy": ctx.density.entropy(),
            "exact_sample_energy_distance": ctx.energy_distance(exact), "runs": []}
     for steps in cfg.budgets:
-        state, history = ctx.trained(steps)  # history.seconds: the wall time of the whole fit call
+        model, history = ctx.trained(steps)  # history.seconds: the wall time of the whole fit call
         rec = {"steps": steps, "train_seconds": history.seconds, "fit_steps_per_second": history.steps_per_second,
-               "final_train_loss": float(np.mean(history.loss[-min(500, steps):])), **_score(state, ctx)}
+               "final_train_loss": float(np.mean(history.loss[-min(500, steps):])), **_score(model, ctx)}
         out["runs"].append(rec)
         ctx.log(f"  {steps} steps: {history.seconds:.1f} s, KL gap {rec['kl_gap']:.3f} +- {rec['nll_stderr']:.3f} "
                 f"nats, energy distance {rec['energy_distance']:.2e}")

@@ -6,7 +6,7 @@ probe), with the adaptive solver the chapters use (Tsit5, rtol = atol = 1e-5) an
 fixed Tsit5 steps. Times are of a second call (after compilation), and the compilation
 time is given apart.
 
-Part B, scaling with the dimension d: a randomly initialised VelocityUNet with d inputs
+Part B, scaling with the dimension d: a randomly initialised VelocityMLP with d inputs
 and outputs (its default widths) as the velocity field, n standard-normal points, and a
 fixed solver (Tsit5, ``scaling_steps`` steps, so both methods make the same number of
 velocity evaluations whatever d is, and the times compare per evaluation). The exact
@@ -30,8 +30,10 @@ import numpy as np
 import markup as md
 from common import Context, median, seconds, xla_flops
 from fm_helpers.baselines import seed_study
-from fm_helpers.density import ExactAugmented, HutchinsonAugmented, log_prob
-from fm_helpers.model import VelocityUNet, velocity_fn
+from flax import nnx
+
+from fm_helpers.density import divergence_exact, divergence_hutchinson, log_prob
+from fm_helpers.model import VelocityMLP, velocity_fn
 from plots import plt, save
 from sections import Goal
 
@@ -95,13 +97,14 @@ def _two_d(ctx: Context, steps: int, n_points: int) -> list[dict]:
     points = ctx.density.sample(jax.random.PRNGKey(606), n_points)
     y = (points, jnp.zeros(points.shape[0]))
     probe = jax.random.rademacher(PROBE_KEY, (1,) + points.shape, dtype=points.dtype)
-    augmented = {"exact": ExactAugmented(velocity), "hutchinson": HutchinsonAugmented(velocity, probe)}
+    augmented = {"exact": lambda t, y: divergence_exact(velocity, y[0], t),  # the augmented ODE's right side
+                 "hutchinson": lambda t, y: divergence_hutchinson(velocity, y[0], t, probe)}
     rows, exact = [], {}
     for solver, num_steps in (("adaptive", None), ("tsit5-8", 8)):
         for method in PROBES:  # exact first: Hutchinson is compared with it
-            (lp, nfe), compile_s, run_s = _timed_twice(log_prob, velocity, points, method=method,
-                                                       num_steps=num_steps, return_nfe=True, **PROBES[method])
-            lp = np.asarray(lp, dtype=np.float64)
+            result, compile_s, run_s = _timed_twice(log_prob, velocity, points, method=method,
+                                                    num_steps=num_steps, **PROBES[method])
+            lp, nfe = np.asarray(result.log_prob, dtype=np.float64), result.nfe
             gflop, alone_ms = _one_evaluation(augmented[method], y)
             rec = {"method": method, "solver": solver, "nfe": int(nfe), "seconds": run_s,
                    "compile_seconds": compile_s, "mean_log_prob": float(lp.mean()),
@@ -120,15 +123,14 @@ def _two_d(ctx: Context, steps: int, n_points: int) -> list[dict]:
 
 
 def _scaling_row(d: int, size: Sizes) -> dict:
-    model = VelocityUNet()
-    field = velocity_fn(model, model.init(jax.random.PRNGKey(d), jnp.zeros((1, d)), jnp.zeros((1,)))["params"])
+    field = velocity_fn(VelocityMLP(d, rngs=nnx.Rngs(d)))
     x = jax.random.normal(jax.random.PRNGKey(1000 + d), (size.n_scaling, d))
     row: dict[str, float] = {"d": d}
     lps = {}
     for method in PROBES:
-        lp, compile_s, run_s = _timed_twice(log_prob, field, x, method=method, solver="tsit5",
-                                            num_steps=size.scaling_steps, **PROBES[method])
-        lps[method] = np.asarray(lp, dtype=np.float64)
+        result, compile_s, run_s = _timed_twice(log_prob, field, x, method=method, solver="tsit5",
+                                                num_steps=size.scaling_steps, **PROBES[method])
+        lps[method] = np.asarray(result.log_prob, dtype=np.float64)
         row.update({f"{method}_seconds": run_s, f"{method}_compile_seconds": compile_s})
     row["speedup_hutchinson"] = row["exact_seconds"] / row["hutchinson_seconds"]
     row["hutchinson_rms_error"] = _rms(lps["hutchinson"], lps["exact"])
@@ -172,7 +174,7 @@ def render(d: dict, image_dir: str) -> str:
                   "GFLOP per evaluation", "GFLOP/s", "mean log p", "vs exact, same solver",
                   "vs exact adaptive"], rows),
         "",
-        f"Scaling with the dimension: a random VelocityUNet with d inputs, {sc['n_points']:,} points, "
+        f"Scaling with the dimension: a random VelocityMLP with d inputs, {sc['n_points']:,} points, "
         f"{sc['solver']} with {sc['num_steps']} fixed steps for both methods (same NFE at every d).",
         "",
         md.table(["d", "exact (s)", "Hutchinson (s)", "exact / Hutchinson", "Hutchinson RMS error (nats)"], srows),

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import markup as md
-from common import Context, fresh_state, seconds, xla_flops
-from fm_helpers.train import make_train_step
+from common import Context, fresh_model, seconds, xla_flops
+from flax import nnx
+from fm_helpers.train import create_optimizer, make_train_chunk
 from sections import Goal
 
 NAME = "profile"
@@ -66,8 +67,8 @@ def _torch_phases(t: dict, batch: str, data: jax.Array) -> dict:
     out = {}
     for label, threads, m in ((f"{t['torch_threads']} threads", t["torch_threads"], "torch eager"),
                               ("1 thread", 1, "torch eager 1 thread")):
-        params = fresh_state(t["learning_rate"]).params
-        trainer = torch_model.TorchTrainer(params, np.asarray(data), int(batch), threads=threads)
+        weights = nnx.to_pure_dict(nnx.state(fresh_model()))
+        trainer = torch_model.TorchTrainer(weights, np.asarray(data), int(batch), threads=threads)
         trainer.run(5)  # warm-up, as before section 1's measurements
         out[label] = trainer.profile(max(5, t["batches"][batch]["steps_per_measure"][m] // 4))
     return out
@@ -80,8 +81,10 @@ def run(ctx: Context) -> dict:
            "cost_model": _cost_model(t), "batches": {}}
     for b, rec in t["batches"].items():
         sps = rec["steps_per_second"]
-        step = jax.jit(make_train_step(int(b)))
-        flops = xla_flops(step, fresh_state(t["learning_rate"]), jax.random.PRNGKey(1), data)
+        model = fresh_model()
+        graphdef, state = nnx.split((model, create_optimizer(model, t["learning_rate"])))
+        one_step = make_train_chunk(int(b), 1)  # a scan of one step: the step's arithmetic
+        flops = xla_flops(one_step, graphdef, state, jax.random.PRNGKey(1), data)
         out["batches"][b] = {
             "xla_flops_per_step": flops,
             "fused_gflops_per_second": flops * sps["fused"] / 1e9,
