@@ -104,7 +104,7 @@ def seed_study(
     """
     import jax
 
-    from . import data, density, model, train
+    from . import data, density, train
 
     seeds = [int(s) for s in seeds]
     truth = data.ImageDensity(data.load_image())
@@ -124,7 +124,7 @@ def seed_study(
         start = time.perf_counter()
         net, _ = train.fit(train_x, steps=steps, batch_size=batch_size,
                              learning_rate=learning_rate, seed=seed, progress=False)
-        log_q = density.log_prob(model.velocity_fn(net), eval_x).log_prob
+        log_q = density.log_prob(net, eval_x).log_prob
         log_q = np.asarray(log_q, dtype=np.float64)
         test, training = log_q[: len(test_x)], log_q[len(test_x):]
         record = {"seed": seed}

@@ -44,7 +44,6 @@ from typing import Any, Callable, NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 __all__ = [
     "SOLVERS", "SolverSpec", "SolverOptions", "SolveResult", "SampleResult", "FIRST_STEP",
@@ -132,12 +131,6 @@ def solver_spec(name: str) -> SolverSpec:
 
 
 def _check_velocity(velocity: Any) -> None:
-    """Refuse a network passed where a velocity is expected, with what to do instead."""
-    if isinstance(velocity, nnx.Module):
-        raise TypeError(
-            "pass fm_helpers.model.velocity_fn(model), not the nnx.Module itself: a module is "
-            "not a pytree, so the solve would compile its parameters in as constants."
-        )
     if not callable(velocity):
         raise TypeError(f"velocity must be a function (x, t) -> v; got {type(velocity).__name__}.")
 

@@ -9,7 +9,7 @@ from flax import nnx
 
 from fm_helpers.density import divergence_exact, divergence_hutchinson, log_prob
 from fm_helpers.gaussian import GaussianFlow
-from fm_helpers.model import VelocityMLP, velocity_fn
+from fm_helpers.model import VelocityMLP
 
 
 def test_exact_log_prob_matches_closed_form(affine, noise):
@@ -61,7 +61,7 @@ def test_hutchinson_is_unbiased_on_linear_field():
 def test_hutchinson_mean_agrees_with_exact_on_a_network():
     """On a nonlinear field (a random network) the mean of independent Hutchinson runs
     agrees with the exact value within its standard error."""
-    velocity = velocity_fn(VelocityMLP(widths=(16, 32, 64), rngs=nnx.Rngs(6)))
+    velocity = VelocityMLP(widths=(16, 32, 64), rngs=nnx.Rngs(6))
     x = jax.random.normal(jax.random.PRNGKey(7), (8, 2))
     exact = np.asarray(log_prob(velocity, x, num_steps=8).log_prob)
     runs = np.stack([
@@ -87,7 +87,7 @@ def test_antithetic_pair_gives_the_exact_divergence():
     """In 2D the probes (1, 1) and (1, -1) have e1 e2 = +1 and -1: their cross terms
     cancel, and their mean is the trace, on a linear field and on a network."""
     a = jnp.array([[0.3, 2.0], [-1.5, -0.8]])
-    network = velocity_fn(VelocityMLP(widths=(16, 32, 64), rngs=nnx.Rngs(8)))
+    network = VelocityMLP(widths=(16, 32, 64), rngs=nnx.Rngs(8))
     fields = [lambda x, t: x @ a.T, network]
     x = jax.random.normal(jax.random.PRNGKey(9), (6, 2))
     pair = jnp.broadcast_to(jnp.array([[1.0, 1.0], [1.0, -1.0]])[:, None, :], (2, 6, 2))
@@ -140,7 +140,7 @@ def test_seed_study_records_what_the_chapter_computes():
     np.testing.assert_allclose(study["kde"]["test_nll"], -log_q_kde.mean(), rtol=1e-12)
 
     net, _ = train.fit(train_x, seed=0, progress=False, **recipe)
-    log_q = np.asarray(log_prob(model.velocity_fn(net), np.concatenate([test_x, train_x])).log_prob,
+    log_q = np.asarray(log_prob(net, np.concatenate([test_x, train_x])).log_prob,
                        dtype=np.float64)
     first = study["runs"][0]
     np.testing.assert_allclose(first["test_nll"], -log_q[:64].mean(), rtol=1e-6)

@@ -156,17 +156,16 @@ def test_bad_arguments(affine, noise):
         sample(affine, noise, num_steps=4, save_trajectory=1)
 
 
-def test_a_network_is_passed_as_its_velocity_and_does_not_recompile(noise):
-    """sample refuses an nnx.Module (its parameters would be compiled in) and takes
-    velocity_fn(model); a second network of the same structure, with other parameters,
-    runs the compiled solve again (the velocity is traced once) with its own numbers."""
+def test_a_network_is_a_velocity_and_does_not_recompile(noise):
+    """An NNX module is a pytree whose leaves are its arrays: passed to sample, its
+    parameters are inputs of the compiled solve. A second network of the same structure,
+    with other parameters, runs that solve again (the velocity is not traced again) and
+    gets its own numbers; a model changed in place is solved with its new values."""
     from flax import nnx
 
-    from fm_helpers.model import VelocityMLP, velocity_fn
+    from fm_helpers.model import VelocityMLP
 
     first, second = (VelocityMLP(widths=(8, 8, 8), rngs=nnx.Rngs(k)) for k in (0, 1))
-    with pytest.raises(TypeError, match="velocity_fn"):
-        sample(first, noise, solver="euler", num_steps=2)
     traces = []
 
     @jax.tree_util.register_dataclass
@@ -180,13 +179,19 @@ def test_a_network_is_passed_as_its_velocity_and_does_not_recompile(noise):
 
     out = []
     for m in (first, second):
-        out.append(sample(Counting(velocity_fn(m)), noise, solver="euler", num_steps=2).samples)
+        out.append(sample(Counting(m), noise, solver="euler", num_steps=2).samples)
         if len(out) == 1:
             traced_once = len(traces)  # Diffrax traces the field a few times per compile
     assert traced_once > 0 and len(traces) == traced_once, "the second network recompiled"
-    direct = sample(velocity_fn(second), noise, solver="euler", num_steps=2).samples
+    direct = sample(second, noise, solver="euler", num_steps=2).samples
     np.testing.assert_allclose(out[1], direct, atol=1e-6)
     assert float(jnp.abs(out[0] - out[1]).max()) > 1e-3
+    one_step = lambda m: sample(m, noise, solver="euler", num_steps=1).samples  # noqa: E731
+    before = one_step(first)  # x0 + v(x0, 0)
+    first.layer_out.bias.value = first.layer_out.bias.value + 1.0  # v + 1 everywhere
+    np.testing.assert_allclose(one_step(first) - before, 1.0, atol=1e-5)
+    with pytest.raises(TypeError, match="function"):
+        sample(np.ones(3), noise)
 
 
 def test_solver_options_are_checked(affine, noise):

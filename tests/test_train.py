@@ -10,7 +10,7 @@ from fm_helpers.data import ImageDensity, load_image
 from fm_helpers.density import log_prob
 from flax import nnx
 
-from fm_helpers.model import VelocityMLP, velocity_fn
+from fm_helpers.model import VelocityMLP
 from fm_helpers.plot import square_grid
 from fm_helpers.train import (
     create_model,
@@ -237,7 +237,7 @@ def test_trained_density_integrates_to_one(trained):
     grid that covers the support sums to 1 (times the cell area) within 0.02."""
     model, _ = trained
     points, cell_area, _ = square_grid(n=80, lim=2.5)
-    lp = np.asarray(log_prob(velocity_fn(model), jnp.asarray(points), rtol=1e-4, atol=1e-4).log_prob)
+    lp = np.asarray(log_prob(model, jnp.asarray(points), rtol=1e-4, atol=1e-4).log_prob)
     mass = float(np.exp(lp).sum() * cell_area)
     assert abs(mass - 1.0) < 0.02, mass
 

@@ -25,7 +25,6 @@ import markup as md
 from common import BATCH, Context, seconds
 from fm_helpers.density import log_prob
 from fm_helpers.metrics import kl_gap, nll
-from fm_helpers.model import velocity_fn
 from fm_helpers.sample import sample
 from plots import log_x, plt, save
 from sections import Goal
@@ -49,7 +48,7 @@ GOALS: tuple[Goal, ...] = (Goal("KL gap <= {threshold:.2f} nats within 5 minutes
 
 
 def _score(model: nnx.Module, ctx: Context) -> dict:
-    velocity = velocity_fn(model)
+    velocity = model  # an NNX module is a velocity (x, t) -> v
     density, lp_s = seconds(lambda: log_prob(velocity, ctx.test[: ctx.cfg.n_nll]))
     lp, nfe = density.log_prob, density.nfe
     mean_nll, se = nll(lp)

@@ -33,7 +33,7 @@ from fm_helpers.baselines import seed_study
 from flax import nnx
 
 from fm_helpers.density import divergence_exact, divergence_hutchinson, log_prob
-from fm_helpers.model import VelocityMLP, velocity_fn
+from fm_helpers.model import VelocityMLP
 from plots import plt, save
 from sections import Goal
 
@@ -93,7 +93,7 @@ def _rms(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _two_d(ctx: Context, steps: int, n_points: int) -> list[dict]:
-    velocity = velocity_fn(ctx.trained(steps)[0])
+    velocity = ctx.trained(steps)[0]  # an NNX module is a velocity (x, t) -> v
     points = ctx.density.sample(jax.random.PRNGKey(606), n_points)
     y = (points, jnp.zeros(points.shape[0]))
     probe = jax.random.rademacher(PROBE_KEY, (1,) + points.shape, dtype=points.dtype)
@@ -123,7 +123,7 @@ def _two_d(ctx: Context, steps: int, n_points: int) -> list[dict]:
 
 
 def _scaling_row(d: int, size: Sizes) -> dict:
-    field = velocity_fn(VelocityMLP(d, rngs=nnx.Rngs(d)))
+    field = VelocityMLP(d, rngs=nnx.Rngs(d))
     x = jax.random.normal(jax.random.PRNGKey(1000 + d), (size.n_scaling, d))
     row: dict[str, float] = {"d": d}
     lps = {}

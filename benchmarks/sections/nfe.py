@@ -22,7 +22,6 @@ import numpy as np
 import markup as md
 from common import Context, seconds
 from fm_helpers import metrics
-from fm_helpers.model import velocity_fn
 from fm_helpers.sample import sample
 from plots import log_x, plt, save
 from sections import Goal
@@ -75,7 +74,7 @@ def _apply_rule(out: dict, candidates: list, ref_x: np.ndarray, density: object)
 
 def run(ctx: Context) -> dict:
     steps, n_samples, density = ctx.cfg.budgets[-1], ctx.cfg.n_samples, ctx.density  # the largest budget's model
-    velocity = velocity_fn(ctx.trained(steps)[0])
+    velocity = ctx.trained(steps)[0]  # an NNX module is a velocity (x, t) -> v
     noise = jax.random.normal(jax.random.PRNGKey(505), (n_samples, 2))
     seconds(sample, velocity, noise)  # compiles
     ref, ref_s = seconds(sample, velocity, noise)
