@@ -23,7 +23,7 @@ from .data import ImageDensity, ImageLoadError, load_image, pixel_points, split
 from .density import log_prob
 from .loss import cond_ot_path, flow_matching_loss
 from .metrics import energy_distance, kl_gap
-from .model import VelocityMLP, velocity_fn
+from .model import VelocityMLP
 from .sample import sample as sample_flow
 from .train import fit
 

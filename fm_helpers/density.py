@@ -128,7 +128,7 @@ def log_prob(
 ) -> LogProbResult:
     """``log p_1(x1)`` of the flow that carries N(0, I) at t = 0 to p_1 at t = 1.
 
-    ``velocity(x, t)``: a function, or a network's :func:`fm_helpers.model.velocity_fn`.
+    ``velocity(x, t)``: a function, or a network (an NNX module) itself.
     ``x1`` [n, d]: the points. ``method="exact"`` uses the Jacobian trace;
     ``method="hutchinson"`` needs ``key``, from which it draws ``num_probes`` Rademacher
     probes per point, held fixed along the path, and averages their estimates. The

@@ -22,17 +22,15 @@ jumps across kinks, which makes adaptive ODE solvers take many small steps (chap
 exercise 4, measures it). Pass ``activation=jax.nn.relu`` to get the original behaviour.
 
 The modules are written with Flax NNX: a module holds its parameters, is built with an
-``nnx.Rngs`` and is called as ``model(x, t)``. Solvers need more than a callable: they
-compile the solve, and a compiled program must see the parameters as *inputs*, or a new
-set of parameters would mean compiling again (and a trained-in-place model would be
-solved with stale ones). :func:`velocity_fn` splits a module into its structure (static)
-and its arrays (a pytree), which is what :mod:`fm_helpers.sample` and
-:mod:`fm_helpers.density` take.
+``nnx.Rngs`` and is called as ``model(x, t)``. A module is also a pytree (Flax 0.11 and
+later) whose leaves are its arrays. So a network is itself a velocity ``(x, t) -> v`` for
+:mod:`fm_helpers.sample` and :mod:`fm_helpers.density`: they hand it to Diffrax's compiled
+solve as an input, its parameters are read at every call, and another network of the same
+structure runs the same compiled program.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import jax
@@ -45,8 +43,6 @@ __all__ = [
     "GaussianFourierProjection",
     "TimeDense",
     "VelocityMLP",
-    "ModelVelocity",
-    "velocity_fn",
 ]
 
 
@@ -142,32 +138,3 @@ class VelocityMLP(nnx.Module):
         h = jnp.concatenate([act(self.up_1(h, e)), h2], axis=-1)
         h = jnp.concatenate([act(self.up_2(h, e)), h1], axis=-1)
         return self.layer_out(h)
-
-
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class ModelVelocity:
-    """A network as the function ``velocity(x, t)`` that solvers integrate.
-
-    ``graphdef`` is the module's structure (static: part of what a compiled program is
-    specialised to) and ``state`` its arrays (the pytree's leaves: inputs of a compiled
-    program). A solve compiled for one model therefore runs another of the same
-    structure, with other parameters, without compiling again.
-    """
-
-    graphdef: nnx.GraphDef = field(metadata=dict(static=True))
-    state: nnx.State
-
-    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-        return nnx.merge(self.graphdef, self.state)(x, t)
-
-
-def velocity_fn(model: nnx.Module) -> ModelVelocity:
-    """The velocity ``(x, t) -> v`` of a network, in the form that
-    :func:`fm_helpers.sample.sample` and :func:`fm_helpers.density.log_prob` take. It
-    holds a copy of the parameters as they are now: training the model further does not
-    change it."""
-    if not isinstance(model, nnx.Module):
-        raise TypeError(f"velocity_fn takes an nnx.Module; got {type(model).__name__}.")
-    graphdef, state = nnx.split(model)
-    return ModelVelocity(graphdef, jax.tree_util.tree_map(jnp.copy, state))

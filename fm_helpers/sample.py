@@ -30,8 +30,8 @@ next, so a step costs 6 new evaluations (of 7 stages) plus one at the very start
 
 Diffrax compiles each solve, and reuses the compiled program when it is called again
 with the same vector field and arrays of the same shapes. The velocity is handed to the
-solve as Diffrax's ``args``: its array leaves (the parameters of a
-:func:`fm_helpers.model.velocity_fn`) are inputs of the compiled program, so another
+solve as Diffrax's ``args``: its array leaves (the parameters of a network, an NNX
+module, which is a pytree of its arrays) are inputs of the compiled program, so another
 network of the same structure runs without compiling again, while a plain Python
 function is part of the program, recognised by identity.
 """
@@ -179,7 +179,7 @@ def sample(
 ) -> SampleResult:
     """Push the noise ``x0`` [n, d] through the flow of ``velocity`` from t = 0 to t = 1.
 
-    ``velocity(x, t)``: a function, or a network's :func:`fm_helpers.model.velocity_fn`.
+    ``velocity(x, t)``: a function, or a network (an NNX module) itself.
     ``options``: the fields of :class:`SolverOptions` (``solver="tsit5"``,
     ``num_steps=None``, ``rtol=1e-5``, ``atol=1e-5``). ``save_trajectory=True`` keeps 51
     equally spaced times from 0 to 1; an int ``k >= 2`` keeps ``k``.
@@ -187,9 +187,8 @@ def sample(
     Pitfall: the compiled solve is cached on ``velocity``. A velocity that is a plain
     Python function reading a global (a scale, a step count) is compiled with the value
     the global had at the first call, and later calls reuse it: changing the global
-    changes nothing. Pass such values in instead, as arrays inside a pytree (as
-    :class:`fm_helpers.model.ModelVelocity` holds its parameters), or build a new
-    function for each value.
+    changes nothing. Pass such values in instead, as arrays inside a pytree (as an NNX
+    module holds its parameters), or build a new function for each value.
     """
     _check_velocity(velocity)
     options = SolverOptions(**options)

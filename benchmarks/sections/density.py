@@ -6,7 +6,7 @@ probe), with the adaptive solver the chapters use (Tsit5, rtol = atol = 1e-5) an
 fixed Tsit5 steps. Times are of a second call (after compilation), and the compilation
 time is given apart.
 
-Part B, scaling with the dimension d: a randomly initialised VelocityMLP with d inputs
+Part B, scaling with the dimension d: a randomly initialised velocity network (the course's MLP) with d inputs
 and outputs (its default widths) as the velocity field, n standard-normal points, and a
 fixed solver (Tsit5, ``scaling_steps`` steps, so both methods make the same number of
 velocity evaluations whatever d is, and the times compare per evaluation). The exact
@@ -174,7 +174,7 @@ def render(d: dict, image_dir: str) -> str:
                   "GFLOP per evaluation", "GFLOP/s", "mean log p", "vs exact, same solver",
                   "vs exact adaptive"], rows),
         "",
-        f"Scaling with the dimension: a random VelocityMLP with d inputs, {sc['n_points']:,} points, "
+        f"Scaling with the dimension: a random velocity network (the course's MLP) with d inputs, {sc['n_points']:,} points, "
         f"{sc['solver']} with {sc['num_steps']} fixed steps for both methods (same NFE at every d).",
         "",
         md.table(["d", "exact (s)", "Hutchinson (s)", "exact / Hutchinson", "Hutchinson RMS error (nats)"], srows),
