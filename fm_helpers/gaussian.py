@@ -8,7 +8,8 @@ With a(t) = 1 - t + t s, the flow map, its velocity and its densities are
 .. math::
 
     \\phi_t(x_0) = a(t)\\, x_0 + t \\mu, \\qquad
-    v_t(x) = \\mu + (s - 1) \\frac{x - t \\mu}{a(t)}, \\qquad
+    v_t(x) = \\mu + (s - 1) \\frac{x - t \\mu}{a(t)},
+
     \\nabla \\cdot v_t = \\frac{d (s - 1)}{a(t)}, \\qquad
     p_t = N(t \\mu, a(t)^2 I).
 """
