@@ -144,6 +144,8 @@ def test_trajectory_endpoints(affine, noise):
 
 
 def test_bad_arguments(affine, noise):
+    with pytest.raises(TypeError):  # not a field of SolverOptions
+        sample(affine, noise, solvr="euler")
     with pytest.raises(ValueError, match="unknown solver"):
         sample(affine, noise, solver="rk4")
     with pytest.raises(ValueError, match="give num_steps"):
@@ -192,14 +194,3 @@ def test_a_network_is_a_velocity_and_does_not_recompile(noise):
     np.testing.assert_allclose(one_step(first) - before, 1.0, atol=1e-5)
     with pytest.raises(TypeError, match="function"):
         sample(np.ones(3), noise)
-
-
-def test_solver_options_are_checked(affine, noise):
-    with pytest.raises(TypeError):
-        sample(affine, noise, solvr="euler")
-    with pytest.raises(ValueError, match="unknown solver"):
-        sample(affine, noise, solver="rk4")
-    with pytest.raises(ValueError, match="num_steps"):
-        sample(affine, noise, solver="euler")
-    with pytest.raises(ValueError, match="positive"):
-        sample(affine, noise, solver="euler", num_steps=0)
