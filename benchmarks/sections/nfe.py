@@ -39,9 +39,7 @@ FIXED_STEPS: dict[bool, dict[str, tuple[int, ...]]] = {
     True: {"euler": (2, 8), "midpoint": (2, 8), "heun": (2, 8), "tsit5": (1, 2)}}
 
 
-def _cheapest(n: dict, threshold: float) -> tuple[str, bool | None]:
-    if "rule" not in n:  # a run from before chapter 6's paired rule
-        return "not measured: this run predates the rule (run `make bench` again)", None
+def _cheapest(n: dict, threshold: float) -> tuple[str, bool]:
     ref, rule = n["adaptive"], n["rule"]
     if n["cheapest"] is None:
         return f"no fixed-step setting in the sweep is within tolerance (adaptive NFE {ref['nfe']})", False
@@ -107,26 +105,7 @@ def _floor_text(floor: dict) -> str:
             f"no model can beat and the resolution of that metric.")
 
 
-def _render_before_rule(n: dict) -> str:
-    """Results from before chapter 6's paired rule (the published JSON until the next full run)."""
-    a = n["adaptive"]
-    rows = [[f"{a['solver']} adaptive (rtol {a['rtol']:g})", "-", a["nfe"], md.num(a["energy_distance"]), "0"]]
-    rows += [[r["solver"], r["num_steps"], r["nfe"], md.num(r["energy_distance"]), md.num(r["mean_error_vs_adaptive"])]
-             for r in n["fixed"]]
-    return "\n".join([
-        f"Model trained for {n['model_steps']:,} steps; {n['n_samples']:,} samples from the same noise for "
-        "every solver. This run predates the rule that chapter 6 now uses to pick the cheapest setting "
-        "(`fm_helpers.metrics.cheapest_within_tolerance`), so no setting is picked here; run `make bench` "
-        "again. *Error vs adaptive*: mean distance of each sample to the adaptive solution from the same noise. "
-        + _floor_text(n["floor"]),
-        "",
-        md.table(["solver", "steps", "NFE", "energy distance", "error vs adaptive"], rows),
-    ])
-
-
 def render(n: dict, image_dir: str) -> str:
-    if "rule" not in n:
-        return _render_before_rule(n)
     a, rule = n["adaptive"], n["rule"]
     rows = [[f"{a['solver']} adaptive (rtol {a['rtol']:g})", "-", a["nfe"], md.num(a["energy_distance"]), "0",
              md.pct(a["off_support"]), "0", "-"]]
@@ -158,8 +137,6 @@ def plot(n: dict, path: Path) -> None:
     samples from the same noise, and its extra share of samples off the support (its share
     minus the adaptive one's), against NFE, with the two limits of
     fm_helpers.metrics.cheapest_within_tolerance."""
-    if "rule" not in n:  # results from before the rule: nothing of it to draw
-        return
     a, rule, goal = n["adaptive"], n["rule"], GOALS[0].threshold
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for solver in dict.fromkeys(r["solver"] for r in n["fixed"]):

@@ -38,7 +38,7 @@ from common import Context, fresh_model, median, seconds
 from flax import nnx
 from fm_helpers.train import create_optimizer, make_train_chunk, make_train_step
 from plots import plt, save
-from sections import Goal, profiling
+from sections import Goal
 
 NAME = "training"
 TITLE = "Training throughput"
@@ -182,12 +182,9 @@ def render(t: dict, image_dir: str) -> str:
         f"{md.num(sn['abs_loss_diff'])} and the gradients by {md.num(sn['max_abs_grad_diff'])} (float32 round-off).",
         "",
     ]
-    if "same_as_linen" in t:
-        sl = t["same_as_linen"]
-        parts += [f"NNX against Linen (the course's code before issue 10): {sl['steps']} fused steps from the same "
-                  f"weights and keys give losses that differ by at most {md.num(sl['max_abs_loss_diff'])}.", ""]
-    if "profile" in t:  # a run from before profiling was a section: its figures are in t and t["batches"]
-        parts += [profiling.render({**t["profile"], "batches": t["batches"]}, image_dir), ""]
+    sl = t["same_as_linen"]
+    parts += [f"NNX against Linen (the course's code before issue 10): {sl['steps']} fused steps from the same "
+              f"weights and keys give losses that differ by at most {md.num(sl['max_abs_loss_diff'])}.", ""]
     return "\n".join([*parts, md.figure("Training throughput", image_dir, NAME)])
 
 
