@@ -27,8 +27,10 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
+# Two workers, a test file each at a time (a file's module fixtures are built once).
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/browser tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile \
+		--ignore=tests/browser tests
 
 # Each chapter runs once, on two workers; chapters/conftest.py hands what ran to the
 # book's cache, so the `book` stage after it executes nothing again.

@@ -16,7 +16,8 @@ script runs in the main ``.venv`` (nbclient must not land in Colab's package set
    files, not ignored ones: what a clone has, plus edits). Every chapter's setup cell is
    the same cell (tests/test_conventions.py checks it), so installing once proves it for
    all; the later chapters run on what it installed, each checked after its setup cell
-   as the first one was. ``--install-each`` resets and installs before every chapter.
+   as the first one was, two at a time (``--jobs``; each in its own kernel, as nbval
+   runs them). ``--install-each`` resets and installs before every chapter, one by one.
 3. It prints a per-chapter time table and the versions pip installed.
 
 ``--smoke`` (``make colab-smoke``) stops each chapter after its first code cell past the
@@ -38,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -260,13 +262,16 @@ def kernel_environment(venv: Path, tmp: Path) -> None:
     os.environ["JUPYTER_PATH"] = str(tmp)
 
 
-def report(rows: list[dict], total: float) -> None:
+def report(rows: list[dict], total: float, jobs: int) -> None:
     print(f"\n{'chapter':32s} {'reset s':>8s} {'setup s':>8s} {'total s':>8s}  result")
     for r in rows:
         setup = f"{r['setup_seconds']:.1f}" if r.get("setup_seconds") is not None else "-"
         print(f"{r['chapter']:32s} {r['reset_seconds']:8.1f} {setup:>8s} "
               f"{r['seconds']:8.1f}  {'FAIL' if 'error' in r else 'ok'}")
     print(f"{'all (with venv resets)':32s} {'':8s} {'':8s} {total:8.1f}")
+    if jobs > 1 and len(rows) > 2:
+        print(f"(after the first, {jobs} chapters ran at once: each time above is longer "
+              "than that chapter alone)")
     done = [r for r in rows if "versions" in r]
     if done:
         print(f"\nversions in the kernel after the setup cell (python {done[-1]['python']}): "
@@ -285,6 +290,9 @@ def main() -> int:
                     help="run each chapter only up to its imports after the setup cell")
     ap.add_argument("--install-each", action="store_true",
                     help="reset .venv-colab and install before every chapter, not once")
+    ap.add_argument("--jobs", type=int, default=2,
+                    help="chapters run at once after the first (default 2: one per core "
+                         "here); each has its own kernel")
     ap.add_argument("--record-baseline", action="store_true",
                     help="record .venv-colab's package set as the one to reset to, and exit")
     ap.add_argument("chapters", nargs="*", type=Path,
@@ -301,20 +309,27 @@ def main() -> int:
     chapters = [c.resolve() for c in args.chapters] or notebooks.chapter_paths()
 
     outdir = ROOT / "_build" / "colab-check"
-    rows, started = [], time.perf_counter()
+
+    def run(path: Path, installs: bool) -> dict:
+        t0 = time.perf_counter()
+        reset = reset_venv(py, baseline) if installs else []
+        reset_seconds = time.perf_counter() - t0
+        row = run_chapter(path, pins, args.timeout, outdir, args.smoke, installs)
+        print(f"colab-check: {path.name} "
+              + ("FAILED" if "error" in row else f"ok ({row['seconds']:.1f} s)"), flush=True)
+        return {**row, "reset_seconds": reset_seconds, "reset": reset}
+
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="colab-check-") as tmp:
         kernel_environment(venv, Path(tmp))
-        for i, path in enumerate(chapters):
-            installs = i == 0 or args.install_each
-            t0 = time.perf_counter()
-            reset = reset_venv(py, baseline) if installs else []
-            reset_seconds = time.perf_counter() - t0
-            print(f"colab-check: {path.name} ... ", end="", flush=True)
-            row = run_chapter(path, pins, args.timeout, outdir, args.smoke, installs)
-            rows.append({**row, "reset_seconds": reset_seconds, "reset": reset})
-            print("FAILED" if "error" in row else f"ok ({row['seconds']:.1f} s)", flush=True)
+        if args.install_each:  # every chapter resets the one venv: one at a time
+            rows = [run(path, installs=True) for path in chapters]
+        else:  # the first installs; the others only read that install, side by side
+            rows = [run(chapters[0], installs=True)]
+            with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+                rows += pool.map(lambda path: run(path, installs=False), chapters[1:])
         reset_venv(py, baseline)  # leave .venv-colab as Colab's stack, without the course
-    report(rows, time.perf_counter() - started)
+    report(rows, time.perf_counter() - started, args.jobs)
 
     failures = [r["error"] for r in rows if "error" in r]
     if failures:
