@@ -9,15 +9,13 @@ arithmetic: Python runs the loop body and hands the arrays of the model and the 
 to XLA and back. :func:`fit` compiles a whole chunk of steps
 (``chunk_size``) into one XLA program with ``jax.lax.scan``, so that price is paid once
 per chunk; between chunks it advances the progress bar and evaluates the validation loss
-on fixed noise. Inside ``lax.scan`` the carry must be a pytree of arrays, so a chunk
-works on ``nnx.split((model, optimizer))``: the structure (a static argument) and the
-arrays (the carry); each step rebuilds the objects with ``nnx.merge``, takes its step in
-place, and hands the arrays on with ``nnx.state``. Split and merge run while JAX traces
-the step, not in the compiled program. How much this saves depends on the step: on the two-core CPU of the
-benchmarks page (``benchmarks/results/latest.md``), a fused step of this network takes
-about 2.9 ms at batch 256 and the loop adds about 0.31 ms (11%); at batch 32 a fused step
-takes about 0.95 ms and the loop adds about 0.27 ms (28%). Chapter 5 measures both on
-your machine and fits a fixed and a per-sample cost to them.
+on fixed noise. A chunk works on ``nnx.split((model, optimizer))``: the structure, a
+static argument, and the arrays, the carry of the scan; each step rebuilds the objects
+with ``nnx.merge``, takes its step in place, and hands the arrays on with ``nnx.state``.
+Split and merge run while JAX traces the step, not in the compiled program. How much
+fusing saves depends on the step and the machine: the benchmarks page
+(``benchmarks/results/latest.md``) times the fused scan against one compiled call per
+step at batch 256 and 32, and chapter 5 fits a fixed and a per-sample cost to both.
 
 A step draws ``batch_size`` training points with replacement, fresh noise x_0 and times
 t, and takes one Adam step on :func:`fm_helpers.loss.flow_matching_loss`. Everything
