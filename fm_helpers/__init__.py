@@ -12,13 +12,15 @@ module                what it holds                                     chapter
 :mod:`.metrics`       energy distance, NLL, KL gap                      6, 7
 :mod:`.baselines`     Gaussian and KDE log-likelihood baselines         7
 :mod:`.gaussian`      the Gaussian flow known in closed form            1, 7
+:mod:`.results`       the published benchmark results                   5, 7
 :mod:`.plot`          figures and the animation                         all
 ====================  ================================================  =========
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import baselines, data, density, gaussian, loss, metrics, model, plot, sample, train
+from . import (baselines, data, density, gaussian, loss, metrics, model, plot, results, sample,
+               train)
 from .data import ImageDensity, ImageLoadError, load_image, pixel_points, split
 from .density import log_prob
 from .loss import cond_ot_path, flow_matching_loss

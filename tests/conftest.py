@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import socket
+import threading
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -49,3 +53,31 @@ def affine():
 @pytest.fixture(scope="session")
 def noise():
     return jax.random.normal(jax.random.PRNGKey(0), (256, 2))
+
+
+# ---- a web server on 127.0.0.1, so that URL tests need no network ---------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # no line per request on stderr; only this class
+        pass
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """A directory served over HTTP on localhost, in a thread."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
+from conftest import QuietHandler, free_port  # a local HTTP server, shared with test_results
 from fm_helpers.data import ImageDensity, ImageLoadError, load_image, pixel_points, split
 
 IMAGE = load_image()
@@ -493,13 +494,7 @@ def test_points_of_the_wrong_shape(density, bad):
         density.log_prob(bad)
 
 
-# ---- URLs: a server on 127.0.0.1, so the tests need no network ------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ---- URLs: a server on 127.0.0.1 (conftest.served), so the tests need no network ----
 
 
 def test_url_on_a_closed_port(tmp_path, monkeypatch):
@@ -521,25 +516,6 @@ def test_url_that_never_answers_times_out(tmp_path, monkeypatch):
         with pytest.raises(ImageLoadError,
                            match="timeout of 0.5 s \\(ReadTimeout.*load_image\\(\\) with no"):
             load_image(url, timeout=0.5)
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # no line per request on stderr; only this class
-        pass
-
-
-@pytest.fixture()
-def served(tmp_path):
-    """A directory served over HTTP on localhost, in a thread."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_the_quiet_handler_leaves_the_library_alone(served):
