@@ -7,6 +7,7 @@ module                what it holds                                     chapter
 :mod:`.model`         the velocity network (Flax NNX)                   3
 :mod:`.loss`          the conditional OT path and the FM loss           4
 :mod:`.train`         Optax training fused with ``lax.scan``            5
+:mod:`.couplings`     pairing noise and data: independent, minibatch OT 8 (planned)
 :mod:`.sample`        ODE solvers and the NFE count                     6
 :mod:`.density`       exact and Hutchinson log-likelihood               7
 :mod:`.metrics`       energy distance, NLL, KL gap                      6, 7
@@ -19,8 +20,8 @@ module                what it holds                                     chapter
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import (baselines, data, density, gaussian, loss, metrics, model, plot, results, sample,
-               train)
+from . import (baselines, couplings, data, density, gaussian, loss, metrics, model, plot,
+               results, sample, train)
 from .data import ImageDensity, ImageLoadError, load_image, pixel_points, split
 from .density import log_prob
 from .loss import cond_ot_path, flow_matching_loss

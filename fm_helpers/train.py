@@ -18,7 +18,9 @@ fusing saves depends on the step and the machine: the benchmarks page
 step at batch 256 and 32, and chapter 5 fits a fixed and a per-sample cost to both.
 
 A step draws ``batch_size`` training points with replacement, fresh noise x_0 and times
-t, and takes one Adam step on :func:`fm_helpers.loss.flow_matching_loss`. Everything
+t, and takes one Adam step on :func:`fm_helpers.loss.flow_matching_loss`, or, with a
+``coupling`` other than the independent one, on the same loss with noise and data
+paired by it (:mod:`fm_helpers.couplings`). Everything
 random comes from ``jax.random`` keys split from ``seed``, so the same seed gives the same
 parameters, bit for bit, on the same machine and versions.
 """
@@ -40,7 +42,8 @@ import optax
 from flax import nnx, serialization
 from tqdm import tqdm
 
-from .loss import conditional_loss, flow_matching_loss
+from .couplings import Coupling, independent
+from .loss import conditional_loss, sample_path
 from .model import VelocityMLP
 
 __all__ = [
@@ -132,16 +135,22 @@ def create_optimizer(
     return nnx.Optimizer(model, adam(learning_rate, steps), wrt=nnx.Param)
 
 
-def make_train_step(batch_size: int, sigma_min: float = 0.0) -> StepFn:
+def make_train_step(
+    batch_size: int, sigma_min: float = 0.0, coupling: Coupling = independent
+) -> StepFn:
     """One training step ``(model, optimizer, key, data) -> (key, loss)``, not compiled. It
-    draws a batch of ``data`` with replacement, noise and times, takes one optimiser step
-    on the Flow Matching loss (updating ``model`` and ``optimizer`` in place) and returns
-    the key to pass to the next step, and the loss."""
+    draws a batch of ``data`` with replacement, noise and times, pairs noise and data
+    with ``coupling`` (:mod:`fm_helpers.couplings`; the default keeps the pairs as
+    drawn, which is :func:`~fm_helpers.loss.flow_matching_loss`), takes one optimiser
+    step on the Flow Matching loss (updating ``model`` and ``optimizer`` in place) and
+    returns the key to pass to the next step, and the loss."""
 
     def step(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array, data: jax.Array):
         key, key_batch, key_loss = jax.random.split(key, 3)
         idx = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
-        batch_loss = lambda m: flow_matching_loss(m, data[idx], key_loss, sigma_min)  # noqa: E731
+        path = sample_path(key_loss, data[idx], sigma_min)  # noise and times as drawn
+        x0, x1 = coupling(jax.random.fold_in(key_loss, 1), path.x_0, path.x_1)
+        batch_loss = lambda m: conditional_loss(m, x0, x1, path.t, sigma_min)  # noqa: E731
         loss, grads = nnx.value_and_grad(batch_loss)(model)
         optimizer.update(model, grads)
         return key, loss
@@ -150,14 +159,16 @@ def make_train_step(batch_size: int, sigma_min: float = 0.0) -> StepFn:
 
 
 @_cached
-def make_train_chunk(batch_size: int, num_steps: int, sigma_min: float = 0.0) -> Callable:
+def make_train_chunk(
+    batch_size: int, num_steps: int, sigma_min: float = 0.0, coupling: Coupling = independent
+) -> Callable:
     """``num_steps`` training steps fused into one compiled ``lax.scan``:
     ``(graphdef, state, key, data) -> (state, key, losses[num_steps])``, where
     ``graphdef, state = nnx.split((model, optimizer))``, and ``graphdef`` is a static
     argument. It takes the steps that ``num_steps`` calls of :func:`make_train_step`
     would take (the same batches, noise and times). The same arguments return the same
     compiled function, so what it compiled is reused."""
-    step = make_train_step(batch_size, sigma_min)
+    step = make_train_step(batch_size, sigma_min, coupling)
 
     @functools.partial(jax.jit, static_argnums=0)
     def chunk(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, data: jax.Array):
@@ -262,6 +273,7 @@ def fit(
     model: nnx.Module | None = None,
     sigma_min: float = 0.0,
     chunk_size: int = 500,
+    coupling: Coupling = independent,
 ) -> tuple[nnx.Module, History]:
     """Train a velocity network with Flow Matching and return ``(model, history)``.
 
@@ -276,7 +288,9 @@ def fit(
     a notebook) and the validation loss (on noise and times drawn once, so the curve is
     smooth) are updated. A second call with a network of the same structure, the same
     batch size, chunk lengths, learning rate, steps and data shape reuses the compiled
-    chunks; its ``compile_seconds`` then counts only the validation loss.
+    chunks; its ``compile_seconds`` then counts only the validation loss. ``coupling``
+    pairs each batch's noise and data points (:mod:`fm_helpers.couplings`); the
+    validation loss keeps its pairs as drawn.
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")
@@ -301,7 +315,9 @@ def fit(
     sizes = _chunk_sizes(steps, chunk_size)
     tick = time.perf_counter()
     runners = {
-        n: make_train_chunk(batch_size, n, sigma_min).lower(graphdef, state, key_train, data).compile()
+        n: make_train_chunk(batch_size, n, sigma_min, coupling)
+        .lower(graphdef, state, key_train, data)
+        .compile()
         for n in sorted(set(sizes))
     }
     if val_loss is not None:

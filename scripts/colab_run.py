@@ -49,8 +49,9 @@ from notebooks import ROOT
 
 KERNEL_NAME = "fm-colab-check"
 MARKER = "COLAB_CHECK_RESULT "
-# What diffrax brings along: none of it may be importable before the setup cell.
-COURSE_MODULES = ("fm_helpers", "diffrax", "equinox", "lineax", "optimistix", "jaxtyping")
+# What the course installs (diffrax, OTT-JAX and what they bring along): none of it may be
+# importable before the setup cell.
+COURSE_MODULES = ("fm_helpers", "diffrax", "equinox", "lineax", "optimistix", "jaxtyping", "ott")
 REPORTED = COURSE_MODULES + ("scipy", "msgpack")
 
 

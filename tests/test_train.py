@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from fm_helpers import train
+from fm_helpers.couplings import exact_ot
 from fm_helpers.data import ImageDensity, load_image
 from fm_helpers.density import log_prob
+from fm_helpers.loss import conditional_loss, flow_matching_loss, sample_path
 from flax import nnx
 
 from fm_helpers.model import VelocityMLP
@@ -230,6 +232,30 @@ def test_scan_equals_step_loop(data):
     np.testing.assert_allclose(fused_losses, np.array(losses), rtol=1e-5)
     for a, b in zip(leaves(looped), jax.tree_util.tree_leaves(fused[0])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_pairs_the_batch_with_its_coupling(data):
+    """A step's loss, computed again by hand from the same keys: data drawn, noise and
+    times drawn as flow_matching_loss draws them, the pairs made by the coupling. The
+    default keeps them as drawn (flow_matching_loss itself); exact OT pairs them anew,
+    and its loss on the same batch is lower."""
+    points = jnp.asarray(data)
+    key_batch, key_loss = jax.random.split(jax.random.PRNGKey(5), 3)[1:]
+    batch = points[jax.random.randint(key_batch, (128,), 0, points.shape[0])]
+    path = sample_path(key_loss, batch)
+    losses = {}
+    for name, coupling in [("default", None), ("exact_ot", exact_ot)]:
+        model = create_model(0)
+        optimizer = create_optimizer(model, 1e-3)
+        step = make_train_step(128) if coupling is None else make_train_step(128, 0.0, coupling)
+        losses[name] = float(step(model, optimizer, jax.random.PRNGKey(5), points)[1])
+    fresh = create_model(0)
+    want_default = flow_matching_loss(fresh, batch, key_loss)
+    x0, x1 = exact_ot(None, path.x_0, path.x_1)
+    want_ot = conditional_loss(fresh, x0, x1, path.t)
+    assert losses["default"] == pytest.approx(float(want_default), rel=1e-6)
+    assert losses["exact_ot"] == pytest.approx(float(want_ot), rel=1e-6)
+    assert losses["exact_ot"] < losses["default"]
 
 
 def test_trained_density_integrates_to_one(trained):
