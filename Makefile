@@ -24,7 +24,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# The chapters the book cache lacks run first, two at a time; the build then takes every
+# chapter's outputs from the cache (execute_notebooks: cache) and executes nothing.
 book: $(STAMP)
+	$(BIN)/python scripts/notebooks.py --fill-cache
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 # Two workers, a test file each at a time (a file's module fixtures are built once).

@@ -1,13 +1,13 @@
 """fm_helpers: the code of the course "Flow Matching in JAX", one module per chapter idea.
 
-====================  ================================================  =========
+====================  ================================================  ===========
 module                what it holds                                     chapter
-====================  ================================================  =========
+====================  ================================================  ===========
 :mod:`.data`          an image as a density; loading images safely      2
 :mod:`.model`         the velocity network (Flax NNX)                   3
 :mod:`.loss`          the conditional OT path and the FM loss           4
 :mod:`.train`         Optax training fused with ``lax.scan``            5
-:mod:`.couplings`     pairing noise and data: independent, minibatch OT 8 (planned)
+:mod:`.couplings`     pairing noise and data points (minibatch OT)      8 (planned)
 :mod:`.sample`        ODE solvers and the NFE count                     6
 :mod:`.density`       exact and Hutchinson log-likelihood               7
 :mod:`.metrics`       energy distance, NLL, KL gap                      6, 7
@@ -15,7 +15,7 @@ module                what it holds                                     chapter
 :mod:`.gaussian`      the Gaussian flow known in closed form            1, 7
 :mod:`.results`       the published benchmark results                   5, 7
 :mod:`.plot`          figures and the animation                         all
-====================  ================================================  =========
+====================  ================================================  ===========
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -14,8 +14,10 @@ from pathlib import Path
 
 __all__ = ["REPO_URL", "RESULTS_FILE", "BenchmarkResultsError", "benchmark_results"]
 
+#: The course repository, where a notebook outside a checkout fetches the results.
 REPO_URL = "https://github.com/flow-matching-jax/flow-matching-jax"
-RESULTS_FILE = "benchmarks/results/latest.json"  # relative to the repository root
+#: The results file, relative to the repository root.
+RESULTS_FILE = "benchmarks/results/latest.json"
 
 
 class BenchmarkResultsError(RuntimeError):

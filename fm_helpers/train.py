@@ -43,7 +43,7 @@ from flax import nnx, serialization
 from tqdm import tqdm
 
 from .couplings import Coupling, independent
-from .loss import conditional_loss, sample_path
+from .loss import conditional_loss, flow_matching_loss, sample_path
 from .model import VelocityMLP
 
 __all__ = [
@@ -148,9 +148,12 @@ def make_train_step(
     def step(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array, data: jax.Array):
         key, key_batch, key_loss = jax.random.split(key, 3)
         idx = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
-        path = sample_path(key_loss, data[idx], sigma_min)  # noise and times as drawn
-        x0, x1 = coupling(jax.random.fold_in(key_loss, 1), path.x_0, path.x_1)
-        batch_loss = lambda m: conditional_loss(m, x0, x1, path.t, sigma_min)  # noqa: E731
+        if coupling is independent:  # the step chapter 5 writes by hand, op for op
+            batch_loss = lambda m: flow_matching_loss(m, data[idx], key_loss, sigma_min)  # noqa: E731
+        else:  # the same noise and times, paired anew
+            path = sample_path(key_loss, data[idx], sigma_min)
+            x0, x1 = coupling(jax.random.fold_in(key_loss, 1), path.x_0, path.x_1)
+            batch_loss = lambda m: conditional_loss(m, x0, x1, path.t, sigma_min)  # noqa: E731
         loss, grads = nnx.value_and_grad(batch_loss)(model)
         optimizer.update(model, grads)
         return key, loss

@@ -4,6 +4,8 @@ The one place that reads ``_toc.yml`` and the one place that sets up nbclient. U
 the tests (conventions, browser), the Colab check, the whole-book benchmark,
 ``scripts/nb_clean.py`` and ``chapters/conftest.py`` (which stores what nbval executed in
 the book's jupyter-cache, so that the book build does not run a chapter a second time).
+``make book`` calls ``--fill-cache`` first: the chapters the cache lacks run two at a
+time, so the build itself executes nothing.
 
 Import it from the repository root's ``scripts`` folder (pytest puts it on the path).
 """
@@ -11,6 +13,7 @@ Import it from the repository root's ``scripts`` folder (pytest puts it on the p
 from __future__ import annotations
 
 import fcntl
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -117,6 +120,56 @@ def cached(path: Path) -> bool:
     return True
 
 
-if __name__ == "__main__":  # python scripts/notebooks.py: which chapters the book cache holds
-    for p in chapter_paths():
-        print(f"{'cached ' if cached(p) else 'to run '} {p.relative_to(ROOT)}")
+def _outputs_into_file(path: Path, executed: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The notebook at ``path`` with the outputs of ``executed``: nbclient adds timing
+    metadata to every cell, and the cache matches cells by their metadata too."""
+    nb = nbformat.read(path, as_version=4)
+    for cell, ran in zip(nb.cells, executed.cells, strict=True):
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = ran.outputs, ran.execution_count
+    return nb
+
+
+def fill_book_cache(jobs: int = 2) -> list[tuple[Path, Run]]:
+    """Run every chapter that the book cache does not hold as it is now, ``jobs`` at a
+    time (each in its own kernel, from its folder, with the book's timeout), and store
+    each one that ran without error. Returns the runs, in reading order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [p for p in chapter_paths() if not cached(p)]
+
+    def run(path: Path) -> tuple[Path, Run]:
+        result = execute(path)
+        if result.error is None:
+            store_in_book_cache(path, _outputs_into_file(path, result.nb), result.seconds)
+        print(f"{path.relative_to(ROOT)}: {'FAILED' if result.error else 'ran'} in "
+              f"{result.seconds:.1f} s", flush=True)
+        return path, result
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(run, todo))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The book's chapters and its cache.")
+    parser.add_argument("--fill-cache", action="store_true", help="run the chapters the "
+                        "book cache lacks, side by side, and store them (make book does)")
+    parser.add_argument("--jobs", type=int, default=2, help="chapters at once (default 2)")
+    args = parser.parse_args(argv)
+    if not args.fill_cache:  # which chapters the book cache holds
+        for p in chapter_paths():
+            print(f"{'cached ' if cached(p) else 'to run '} {p.relative_to(ROOT)}")
+        return 0
+    runs = fill_book_cache(args.jobs)
+    failed = [(p, r) for p, r in runs if r.error is not None]
+    for path, r in failed:
+        print(f"\n{path.relative_to(ROOT)} failed:\n{r.error}", file=sys.stderr)
+    print(f"book cache: {len(runs) - len(failed)} chapter(s) run and stored, "
+          f"{len(chapter_paths()) - len(runs)} already there")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # python scripts/notebooks.py [--fill-cache]
+    sys.exit(main())

@@ -121,7 +121,7 @@ def test_steps_per_second_excludes_compilation(data, monkeypatch, steps, lengths
     run time of the chunks alone, and every chunk length is compiled exactly once."""
     clock = _Clock()
     monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=clock))
-    monkeypatch.setattr(train, "make_train_chunk", lambda b, n, s=0.0: _FakeJit(clock, n))
+    monkeypatch.setattr(train, "make_train_chunk", lambda b, n, *rest: _FakeJit(clock, n))
     _, history = fit(data, steps=steps, progress=False, chunk_size=200)
     assert history.steps_per_second == pytest.approx(1000.0)
     assert history.compile_seconds == pytest.approx(1000.0 * lengths)
@@ -154,8 +154,8 @@ def test_second_fit_reuses_the_compiled_chunk(data, monkeypatch):
     traced = []
     real_make_step = train.make_train_step
 
-    def counting_make_step(batch_size, sigma_min=0.0):
-        step = real_make_step(batch_size, sigma_min)
+    def counting_make_step(batch_size, *rest):
+        step = real_make_step(batch_size, *rest)
 
         def counted(*args):
             traced.append(batch_size)  # runs once per trace, not per step
@@ -184,8 +184,8 @@ def test_fit_reuses_a_chunk_compiled_before_it(data, monkeypatch):
     traced = []
     real_make_step = train.make_train_step
 
-    def counting_make_step(batch_size, sigma_min=0.0):
-        step = real_make_step(batch_size, sigma_min)
+    def counting_make_step(batch_size, *rest):
+        step = real_make_step(batch_size, *rest)
 
         def counted(*args):
             traced.append(batch_size)
