@@ -52,7 +52,9 @@ MARKER = "COLAB_CHECK_RESULT "
 # What the course installs (diffrax, OTT-JAX and what they bring along): none of it may be
 # importable before the setup cell.
 COURSE_MODULES = ("fm_helpers", "diffrax", "equinox", "lineax", "optimistix", "jaxtyping", "ott")
-REPORTED = COURSE_MODULES + ("scipy", "msgpack")
+# The distributions (pip names) whose versions the check prints after the setup cell.
+REPORTED = ("fm_helpers", "diffrax", "equinox", "lineax", "optimistix", "jaxtyping", "ott-jax",
+            "jaxopt", "scipy", "msgpack")
 
 
 def canon(name: str) -> str:
