@@ -19,6 +19,12 @@ data point still a draw from the data: both marginals are kept exactly. :func:`s
 keeps the noise as drawn, and the data's marginal up to the solver's error in the plan's
 column sums. Neither is the optimal-transport plan between the two whole distributions:
 it is optimal only within each batch.
+
+Reflow (Liu et al. 2023) pairs differently: :func:`reflow_pairs` draws noise points and
+pushes each through a trained flow, so each pair is (x_0, psi(x_0)). Training on such
+fixed pairs (``fit(x1, noise_points=x0)``) learns a flow whose paths cross less: the
+flow it learns carries p_0 to the first flow's samples, not to the data, so the first
+flow's errors are kept.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Coupling", "independent", "squared_distances", "exact_ot", "sinkhorn_plan",
-           "sinkhorn"]
+           "sinkhorn", "reflow_pairs"]
 
 # (key, x0 [n, d], x1 [n, d]) -> (x0, x1), the same points paired anew.
 Coupling = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -100,3 +106,18 @@ def sinkhorn(
     plan = sinkhorn_plan(x0, x1, epsilon)
     partner = jax.random.categorical(key, jnp.log(jnp.maximum(plan, 1e-30)), axis=1)
     return x0, x1[partner]
+
+
+def reflow_pairs(
+    velocity: Callable, key: jax.Array, n: int, dim: int = 2, **options
+) -> tuple[jax.Array, jax.Array]:
+    """Reflow's pairs: n noise points x0 ~ N(0, I) [n, dim] drawn from ``key``, and the
+    points x1 = psi(x0) [n, dim] that the flow of ``velocity`` carries them to at t = 1,
+    solved by :func:`fm_helpers.sample.sample` with ``options`` (its solver settings;
+    adaptive Tsit5 by default)."""
+    from .sample import sample
+
+    if int(n) < 1 or int(dim) < 1:
+        raise ValueError(f"n and dim must be positive integers; got n={n!r}, dim={dim!r}.")
+    x0 = jax.random.normal(key, (int(n), int(dim)))
+    return x0, sample(velocity, x0, **options).samples

@@ -1,7 +1,8 @@
 """Metrics: energy distance, a paired comparison of solvers, negative log-likelihood and
 the KL gap.
 
-Taught in chapters 6 (energy distance; choosing a solver) and 7 (NLL and KL gap).
+Taught in chapters 6 (energy distance; choosing a solver), 7 (NLL and KL gap) and 8
+(straightness).
 
 Energy distance (Székely and Rizzo) between distributions P and Q, estimated from
 samples a ~ P and b ~ Q:
@@ -48,6 +49,7 @@ __all__ = [
     "LEAK_FRACTION",
     "nll",
     "kl_gap",
+    "straightness",
 ]
 
 #: Default limit of :func:`cheapest_within_tolerance` on the mean distance to the
@@ -280,3 +282,43 @@ def nll(log_probs) -> tuple[float, float]:
 def kl_gap(log_probs, entropy: float) -> float:
     """Test NLL minus the true entropy: an estimate of KL(data || model) in nats."""
     return nll(log_probs)[0] - float(entropy)
+
+
+# ----------------------------------------------------------------------------- straightness
+
+
+@jax.jit
+def _off_chord(velocity, trajectory: jax.Array, ts: jax.Array) -> jax.Array:
+    """Mean over the paths of ||(x_1 - x_0) - v(x_t, t)||^2 at each time of ``ts``."""
+    chord = trajectory[-1] - trajectory[0]
+
+    def at(x_t_and_t):
+        x_t, t = x_t_and_t
+        return jnp.mean(jnp.sum((chord - velocity(x_t, t)) ** 2, axis=-1))
+
+    return jax.lax.map(at, (trajectory, ts))
+
+
+def straightness(velocity, trajectory, ts) -> float:
+    """Straightness of the flow of ``velocity`` (Liu et al. 2023):
+
+    .. math:: S = \\int_0^1 E \\| (X_1 - X_0) - v(X_t, t) \\|^2 \\, dt,
+
+    along paths X_t of the ODE dx/dt = v(x, t), given as ``trajectory`` [k, n, d] at the
+    times ``ts`` [k], from t = 0 to t = 1 (``sample(velocity, x0,
+    save_trajectory=k)`` returns both). S = 0 exactly when every path is a straight
+    line run at constant speed; then one Euler step is exact. The integral over t is
+    the trapezoid rule on ``ts``. ``velocity`` is a pytree such as an NNX module or a
+    :class:`fm_helpers.gaussian.GaussianFlow`: it is an input of a compiled function.
+    """
+    trajectory, ts = jnp.asarray(trajectory), jnp.asarray(ts)
+    if trajectory.ndim != 3 or ts.shape != (trajectory.shape[0],) or len(ts) < 2:
+        raise ValueError(
+            f"need a trajectory [k, n, d] at k >= 2 times ts [k]; got {trajectory.shape} "
+            f"and {ts.shape}."
+        )
+    if not (float(ts[0]) == 0.0 and float(ts[-1]) == 1.0 and bool(jnp.all(jnp.diff(ts) > 0))):
+        raise ValueError("ts must increase from 0 to 1: the whole path, in order.")
+    values = np.asarray(_off_chord(velocity, trajectory, ts), np.float64)
+    widths = np.diff(np.asarray(ts, np.float64))
+    return float(np.sum(widths * (values[1:] + values[:-1]) / 2.0))

@@ -143,12 +143,21 @@ def make_train_step(
     with ``coupling`` (:mod:`fm_helpers.couplings`; the default keeps the pairs as
     drawn, which is :func:`~fm_helpers.loss.flow_matching_loss`), takes one optimiser
     step on the Flow Matching loss (updating ``model`` and ``optimizer`` in place) and
-    returns the key to pass to the next step, and the loss."""
+    returns the key to pass to the next step, and the loss.
 
-    def step(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array, data: jax.Array):
+    ``data`` may also be a tuple ``(x0, x1)`` of fixed pairs, both [n, d] (reflow's
+    pairs of noise and the point a flow carries it to): the step then draws rows of
+    both, and times, and ``coupling`` is not used."""
+
+    def step(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array, data):
         key, key_batch, key_loss = jax.random.split(key, 3)
-        idx = jax.random.randint(key_batch, (batch_size,), 0, data.shape[0])
-        if coupling is independent:  # the step chapter 5 writes by hand, op for op
+        x1_all = data[1] if isinstance(data, tuple) else data
+        idx = jax.random.randint(key_batch, (batch_size,), 0, x1_all.shape[0])
+        if isinstance(data, tuple):  # fixed pairs (x0, x1), row by row: reflow
+            t = jax.random.uniform(key_loss, (batch_size,), dtype=x1_all.dtype)
+            x0, x1 = data[0][idx], x1_all[idx]
+            batch_loss = lambda m: conditional_loss(m, x0, x1, t, sigma_min)  # noqa: E731
+        elif coupling is independent:  # the step chapter 5 writes by hand, op for op
             batch_loss = lambda m: flow_matching_loss(m, data[idx], key_loss, sigma_min)  # noqa: E731
         else:  # the same noise and times, paired anew
             path = sample_path(key_loss, data[idx], sigma_min)
@@ -168,13 +177,13 @@ def make_train_chunk(
     """``num_steps`` training steps fused into one compiled ``lax.scan``:
     ``(graphdef, state, key, data) -> (state, key, losses[num_steps])``, where
     ``graphdef, state = nnx.split((model, optimizer))``, and ``graphdef`` is a static
-    argument. It takes the steps that ``num_steps`` calls of :func:`make_train_step`
+    argument; ``data`` as for :func:`make_train_step`. It takes the steps that ``num_steps`` calls of :func:`make_train_step`
     would take (the same batches, noise and times). The same arguments return the same
     compiled function, so what it compiled is reused."""
     step = make_train_step(batch_size, sigma_min, coupling)
 
     @functools.partial(jax.jit, static_argnums=0)
-    def chunk(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, data: jax.Array):
+    def chunk(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, data):
         def body(carry, _):
             state, key = carry
             model, optimizer = nnx.merge(graphdef, state)
@@ -277,6 +286,7 @@ def fit(
     sigma_min: float = 0.0,
     chunk_size: int = 500,
     coupling: Coupling = independent,
+    noise_points: Any = None,
 ) -> tuple[nnx.Module, History]:
     """Train a velocity network with Flow Matching and return ``(model, history)``.
 
@@ -293,12 +303,24 @@ def fit(
     batch size, chunk lengths, learning rate, steps and data shape reuses the compiled
     chunks; its ``compile_seconds`` then counts only the validation loss. ``coupling``
     pairs each batch's noise and data points (:mod:`fm_helpers.couplings`); the
-    validation loss keeps its pairs as drawn.
+    validation loss keeps its pairs as drawn. ``noise_points`` [n, d], if given, are
+    fixed noise points paired row by row with ``train_points`` (reflow's pairs, from
+    :func:`fm_helpers.couplings.reflow_pairs`): each step draws rows of both instead of
+    fresh noise, and ``coupling`` must then be the default.
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")
     start = time.perf_counter()
     data = _check_points(train_points, "train_points")
+    if noise_points is not None:
+        noise = _check_points(noise_points, "noise_points")
+        if noise.shape != data.shape:
+            raise ValueError(
+                f"noise_points {noise.shape} must be paired row by row with train_points "
+                f"{data.shape}: the same shape."
+            )
+        if coupling is not independent:
+            raise ValueError("fixed pairs (noise_points) are already paired: leave coupling.")
     key_init, key_train, key_val = jax.random.split(jax.random.PRNGKey(seed), 3)
     if model is None:
         model = create_model(key_init, data.shape[1])
@@ -314,6 +336,8 @@ def fit(
             )
         val_loss = _validation_loss(graphdef, val, key_val, sigma_min)
 
+    if noise_points is not None:
+        data = (noise, data)  # the chunks take fixed pairs as one pytree
     # Compile every program before training, so that no timed chunk includes compiling.
     sizes = _chunk_sizes(steps, chunk_size)
     tick = time.perf_counter()

@@ -1,4 +1,7 @@
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -13,7 +16,10 @@ from fm_helpers.metrics import (
     nll,
     off_support,
     paired_gap,
+    straightness,
 )
+from fm_helpers.gaussian import GaussianFlow
+from fm_helpers.sample import sample
 
 RNG = np.random.default_rng(0)
 
@@ -182,3 +188,38 @@ def test_rule_gives_each_candidate_its_own_paired_gap():
         for field in ["mean_distance_ci", "excess_off_support_ci"]:
             assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-12)
     assert choice.gaps[1].excess_off_support_ci[0] > 0  # the moved edge points
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Rotation:
+    """v(x, t) = w J x: every path is an arc of a circle, run at constant speed."""
+
+    w: jax.Array
+
+    def __call__(self, x, t):
+        return self.w * jnp.stack([-x[:, 1], x[:, 0]], axis=1)
+
+
+def test_straightness_against_closed_forms():
+    """The straight Gaussian flow: S = 0. The rotation by w: x_t = R(wt) x_0, so
+    S = E|x_0|^2 (w^2 - 2 + 2 cos w), in closed form (complex numbers: the chord is
+    (e^{iw} - 1) x_0 and the velocity i w e^{iwt} x_0)."""
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (4000, 2))
+    flow = GaussianFlow(jnp.array([1.0, -0.5]), jnp.float32(0.5))
+    run = sample(flow, x0, save_trajectory=33)
+    assert straightness(flow, run.trajectory, run.ts) < 1e-8
+    for w in (0.5, np.pi / 2, 3.0):
+        spin = Rotation(jnp.float32(w))
+        run = sample(spin, x0, save_trajectory=129)
+        want = float(jnp.mean(jnp.sum(x0**2, axis=1))) * (w**2 - 2 + 2 * np.cos(w))
+        assert straightness(spin, run.trajectory, run.ts) == pytest.approx(want, rel=1e-3)
+
+
+def test_straightness_checks_the_times():
+    x = jnp.zeros((5, 3, 2))
+    flow = GaussianFlow(jnp.zeros(2), jnp.float32(1.0))
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        straightness(flow, x, jnp.linspace(0.0, 0.5, 5))
+    with pytest.raises(ValueError, match=r"\[k, n, d\]"):
+        straightness(flow, x, jnp.linspace(0.0, 1.0, 4))
