@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick              # small sizes, every section that is not opt-in
     python benchmarks/run.py --only training,nfe  # some sections; opt-in ones (profile) by name
     python benchmarks/run.py --render FILE.json   # tables and figures again from a JSON
+    python benchmarks/run.py --only straight --add  # measure a section, add it to the published run
 
 A full-size run of (at least) every section that is not opt-in writes
 benchmarks/results/latest.json, latest.md beside it (the book's appendix includes it) and
@@ -111,6 +112,23 @@ def destination(publish: bool, json_path: Path) -> tuple[Path, Path, str]:
     return json_path, json_path.parent / "bench", "bench"
 
 
+def add_sections(sections: list[Section]) -> int:
+    """Measure ``sections`` (a full run's sizes) and put their results into the published JSON, with the date,
+    load and wall time of this measurement in its meta; the other sections keep their run's results."""
+    published = json.loads(PUBLISHED_JSON.read_text())
+    measured = measure(sections, quick=False)
+    added = published["meta"].setdefault("added", {})
+    for s in sections:
+        published[s.NAME] = measured[s.NAME]
+        m = measured["meta"]
+        added[s.NAME] = {"date": m["date"], "load_start": m["load_start"], "load_end": m["load_end"],
+                         "seconds": m["section_seconds"][s.NAME]}
+    published["goals"] = report.goals(published)
+    print("\n" + write_outputs(published, *destination(True, PUBLISHED_JSON)))
+    print(f"added {', '.join(s.NAME for s in sections)} to {PUBLISHED_JSON}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for development")
@@ -119,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON, markdown and figures "
                         "(default: the published files for a full run, benchmarks/results/dev.tmp otherwise)")
     parser.add_argument("--render", type=Path, default=None, help="only redo markdown and figures from this JSON")
+    parser.add_argument("--add", action="store_true", help="measure the --only sections and put them into the "
+                        "published results, which keep the rest of their run (the page says when each was measured)")
     args = parser.parse_args(argv)
+    if args.add:
+        if not args.only:
+            raise SystemExit("--add needs --only with the sections to measure")
+        return add_sections(select(args.only))
     if args.render is not None:
         results = json.loads(args.render.read_text())
         if (goals := report.goals(results)) != results["goals"]:  # the goals' rules changed since the run

@@ -7,13 +7,13 @@ module                what it holds                                     chapter
 :mod:`.model`         the velocity network (Flax NNX)                   3
 :mod:`.loss`          the conditional OT path and the FM loss           4
 :mod:`.train`         Optax training fused with ``lax.scan``            5
-:mod:`.couplings`     pairing noise and data points (minibatch OT)      8 (planned)
+:mod:`.couplings`     pairing noise and data: minibatch OT, reflow      8
 :mod:`.sample`        ODE solvers and the NFE count                     6
 :mod:`.density`       exact and Hutchinson log-likelihood               7
-:mod:`.metrics`       energy distance, NLL, KL gap                      6, 7
+:mod:`.metrics`       energy distance, NLL, KL gap, straightness        6, 7, 8
 :mod:`.baselines`     Gaussian and KDE log-likelihood baselines         7
 :mod:`.gaussian`      the Gaussian flow known in closed form            1, 7
-:mod:`.results`       the published benchmark results                   5, 7
+:mod:`.results`       the published benchmark results                   5, 7, 8
 :mod:`.plot`          figures and the animation                         all
 ====================  ================================================  ===========
 """

@@ -1,6 +1,6 @@
 """Couplings: which noise point each data point is paired with in the loss.
 
-For chapter 8 ("Straighter paths", in preparation), which will teach it.
+Taught in chapter 8 ("Straighter paths").
 
 The conditional Flow Matching loss of :mod:`fm_helpers.loss` draws a noise point x_0 and
 a data point x_1 and regresses the network on the velocity of the straight path between
@@ -22,9 +22,9 @@ it is optimal only within each batch.
 
 Reflow (Liu et al. 2023) pairs differently: :func:`reflow_pairs` draws noise points and
 pushes each through a trained flow, so each pair is (x_0, psi(x_0)). Training on such
-fixed pairs (``fit(x1, noise_points=x0)``) learns a flow whose paths cross less: the
-flow it learns carries p_0 to the first flow's samples, not to the data, so the first
-flow's errors are kept.
+fixed pairs (``fit(x1, noise_points=x0)``) learns straighter paths, because the lines
+between such pairs meet far less than those of independent pairs. The new flow carries
+p_0 to the first flow's samples, not to the data, so the first flow's errors are kept.
 """
 
 from __future__ import annotations

@@ -56,7 +56,10 @@ def test_published_run_is_a_full_run(results):
     assert meta["quick"] is False, "the published results come from a full run, not --quick"
     names = [s.NAME for s in report.SECTIONS]
     required = {s.NAME for s in report.SECTIONS if not s.OPT_IN}
-    assert required <= set(meta["only"]), "every section that is not opt-in ran"
+    added = list(meta.get("added", {}))  # sections measured later with run.py --add
+    assert required <= set(meta["only"]) | set(added), \
+        "every section that is not opt-in ran, in the run or added to it"
+    assert all(name in results for name in added)
     assert meta["only"] == [n for n in names if n in meta["only"]], "sections in page order"
     assert all(name in results for name in meta["only"])
     for key in ("date", "cpu_model", "cores", "packages"):
@@ -82,6 +85,12 @@ def test_key_numbers_appear_in_the_tables(results, tables):
     for rec in results["density"]["scaling"]["rows"]:
         row = _row(tables, "exact against Hutchinson", str(rec["d"]))
         assert f"| {rec['exact_seconds']:.3f} | {rec['hutchinson_seconds']:.3f} |" in row
+    for run in results["straight"]["runs"]:
+        for name, rec in run["models"].items():
+            assert f"| {name} |" in tables
+    for rec in results["straight"]["batch_sweep"]:
+        row = _row(tables, "Straighter paths", str(rec["batch_size"]))
+        assert f"| {rec['ms_per_step']:.2f} |" in row
     for goal in results["goals"]:
         assert f"| {goal['goal']} | {goal['measured']} |" in tables
 
