@@ -8,6 +8,7 @@ module                what it holds                                     chapter
 :mod:`.loss`          the conditional OT path and the FM loss           4
 :mod:`.train`         Optax training fused with ``lax.scan``            5
 :mod:`.couplings`     pairing noise and data: minibatch OT, reflow      8
+:mod:`.meanflow`      average velocity; one-step maps and density       9 (planned)
 :mod:`.sample`        ODE solvers and the NFE count                     6
 :mod:`.density`       exact and Hutchinson log-likelihood               7
 :mod:`.metrics`       energy distance, NLL, KL gap, straightness        6, 7, 8
@@ -20,8 +21,8 @@ module                what it holds                                     chapter
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import (baselines, couplings, data, density, gaussian, loss, metrics, model, plot,
-               results, sample, train)
+from . import (baselines, couplings, data, density, gaussian, loss, meanflow, metrics, model,
+               plot, results, sample, train)
 from .data import ImageDensity, ImageLoadError, load_image, pixel_points, split
 from .density import log_prob
 from .loss import cond_ot_path, flow_matching_loss

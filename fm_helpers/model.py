@@ -127,11 +127,18 @@ class VelocityMLP(nnx.Module):
         self.layer_out = nnx.Linear(2 * w1, dim, rngs=rngs)  # bug 1 fixed: d outputs
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        self._check(x)
+        e = self.fourier(broadcast_time(t, x.shape[0]))
+        return self.body(x, self.time_out(nnx.silu(self.time_in(e))))
+
+    def _check(self, x: jax.Array) -> None:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [n, {self.dim}]; got {x.shape}.")
+
+    def body(self, x: jax.Array, e: jax.Array) -> jax.Array:
+        """The layers after the time embedding: x [n, d] and the embedding e [n, time_dim]
+        (bug 2 fixed: time_dim features, not d) to the output [n, d]."""
         act = self.activation
-        e = self.fourier(broadcast_time(t, x.shape[0]))
-        e = self.time_out(nnx.silu(self.time_in(e)))  # bug 2 fixed: time_dim features
         h1 = act(self.layer_in(x))
         h2 = act(self.down_1(h1, e))
         h = act(self.down_2(h2, e))

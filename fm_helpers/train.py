@@ -136,7 +136,8 @@ def create_optimizer(
 
 
 def make_train_step(
-    batch_size: int, sigma_min: float = 0.0, coupling: Coupling = independent
+    batch_size: int, sigma_min: float = 0.0, coupling: Coupling = independent,
+    loss: Callable | None = None,
 ) -> StepFn:
     """One training step ``(model, optimizer, key, data) -> (key, loss)``, not compiled. It
     draws a batch of ``data`` with replacement, noise and times, pairs noise and data
@@ -147,13 +148,18 @@ def make_train_step(
 
     ``data`` may also be a tuple ``(x0, x1)`` of fixed pairs, both [n, d] (reflow's
     pairs of noise and the point a flow carries it to): the step then draws rows of
-    both, and times, and ``coupling`` is not used."""
+    both, and times, and ``coupling`` is not used. ``loss(model, x1, key)``, if given,
+    replaces the Flow Matching loss (for instance
+    :func:`fm_helpers.meanflow.meanflow_loss`): it gets the batch and draws its own
+    noise and times from ``key``; ``coupling`` and ``sigma_min`` are then not used."""
 
     def step(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array, data):
         key, key_batch, key_loss = jax.random.split(key, 3)
         x1_all = data[1] if isinstance(data, tuple) else data
         idx = jax.random.randint(key_batch, (batch_size,), 0, x1_all.shape[0])
-        if isinstance(data, tuple):  # fixed pairs (x0, x1), row by row: reflow
+        if loss is not None:  # another objective, on the same batches
+            batch_loss = lambda m: loss(m, data[idx], key_loss)  # noqa: E731
+        elif isinstance(data, tuple):  # fixed pairs (x0, x1), row by row: reflow
             t = jax.random.uniform(key_loss, (batch_size,), dtype=x1_all.dtype)
             x0, x1 = data[0][idx], x1_all[idx]
             batch_loss = lambda m: conditional_loss(m, x0, x1, t, sigma_min)  # noqa: E731
@@ -163,16 +169,17 @@ def make_train_step(
             path = sample_path(key_loss, data[idx], sigma_min)
             x0, x1 = coupling(jax.random.fold_in(key_loss, 1), path.x_0, path.x_1)
             batch_loss = lambda m: conditional_loss(m, x0, x1, path.t, sigma_min)  # noqa: E731
-        loss, grads = nnx.value_and_grad(batch_loss)(model)
+        value, grads = nnx.value_and_grad(batch_loss)(model)
         optimizer.update(model, grads)
-        return key, loss
+        return key, value
 
     return step
 
 
 @_cached
 def make_train_chunk(
-    batch_size: int, num_steps: int, sigma_min: float = 0.0, coupling: Coupling = independent
+    batch_size: int, num_steps: int, sigma_min: float = 0.0, coupling: Coupling = independent,
+    loss: Callable | None = None,
 ) -> Callable:
     """``num_steps`` training steps fused into one compiled ``lax.scan``:
     ``(graphdef, state, key, data) -> (state, key, losses[num_steps])``, where
@@ -180,15 +187,15 @@ def make_train_chunk(
     argument; ``data`` as for :func:`make_train_step`. It takes the steps that ``num_steps`` calls of :func:`make_train_step`
     would take (the same batches, noise and times). The same arguments return the same
     compiled function, so what it compiled is reused."""
-    step = make_train_step(batch_size, sigma_min, coupling)
+    step = make_train_step(batch_size, sigma_min, coupling, loss)
 
     @functools.partial(jax.jit, static_argnums=0)
     def chunk(graphdef: nnx.GraphDef, state: nnx.State, key: jax.Array, data):
         def body(carry, _):
             state, key = carry
             model, optimizer = nnx.merge(graphdef, state)
-            key, loss = step(model, optimizer, key, data)
-            return (nnx.state((model, optimizer)), key), loss
+            key, value = step(model, optimizer, key, data)
+            return (nnx.state((model, optimizer)), key), value
 
         (state, key), losses = jax.lax.scan(body, (state, key), None, length=num_steps)
         return state, key, losses
@@ -287,6 +294,7 @@ def fit(
     chunk_size: int = 500,
     coupling: Coupling = independent,
     noise_points: Any = None,
+    loss: Callable | None = None,
 ) -> tuple[nnx.Module, History]:
     """Train a velocity network with Flow Matching and return ``(model, history)``.
 
@@ -306,7 +314,9 @@ def fit(
     validation loss keeps its pairs as drawn. ``noise_points`` [n, d], if given, are
     fixed noise points paired row by row with ``train_points`` (reflow's pairs, from
     :func:`fm_helpers.couplings.reflow_pairs`): each step draws rows of both instead of
-    fresh noise, and ``coupling`` must then be the default.
+    fresh noise, and ``coupling`` must then be the default. ``loss(model, x1, key)``
+    replaces the Flow Matching loss (see :func:`make_train_step`); give the ``model``
+    it trains, and no ``val_points`` (the validation loss is Flow Matching's).
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")
@@ -321,6 +331,10 @@ def fit(
             )
         if coupling is not independent:
             raise ValueError("fixed pairs (noise_points) are already paired: leave coupling.")
+    if loss is not None and (val_points is not None or noise_points is not None
+                             or coupling is not independent):
+        raise ValueError("a custom loss draws its own noise: give no val_points, "
+                         "noise_points or coupling with it.")
     key_init, key_train, key_val = jax.random.split(jax.random.PRNGKey(seed), 3)
     if model is None:
         model = create_model(key_init, data.shape[1])
@@ -342,7 +356,7 @@ def fit(
     sizes = _chunk_sizes(steps, chunk_size)
     tick = time.perf_counter()
     runners = {
-        n: make_train_chunk(batch_size, n, sigma_min, coupling)
+        n: make_train_chunk(batch_size, n, sigma_min, coupling, loss)
         .lower(graphdef, state, key_train, data)
         .compile()
         for n in sorted(set(sizes))
