@@ -141,7 +141,7 @@ class OneStepDensity:
     summed over the roots found (-inf where none was found); ``roots`` [n]: how many
     distinct z with T(z) = x were found; ``folded`` [n]: True where some root has a
     Jacobian determinant of the other sign than the rest, or more than one root was
-    found; ``residual`` [n]: the largest |T(z) - x| over the roots kept."""
+    found; ``residual`` [n]: the largest ``|T(z) - x|`` over the roots kept."""
 
     log_prob: np.ndarray
     roots: np.ndarray
@@ -166,8 +166,8 @@ def one_step_log_prob(model: AverageVelocity, x, *, starts: jax.Array | None = N
 
     Newton's method solves T(z) = x from every start: ``x - u(x, 0, 1)`` and each row of
     ``starts`` [k, d] (default: 16 points of N(0, I) from a fixed key, the same for
-    every x). A run counts when it ends with |T(z) - x| <= ``tol``; runs that end within
-    ``merge`` of each other are one root. The density sums p_0(z) / |det dT/dz| over the
+    every x). A run counts when it ends with ``|T(z) - x| <= tol``; runs that end within
+    ``merge`` of each other are one root. The density sums ``p_0(z) / |det dT/dz|`` over the
     roots."""
     x = jnp.asarray(x, dtype=jnp.float32)
     n, d = x.shape
