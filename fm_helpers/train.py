@@ -20,7 +20,8 @@ step at batch 256 and 32, and chapter 5 fits a fixed and a per-sample cost to bo
 A step draws ``batch_size`` training points with replacement, fresh noise x_0 and times
 t, and takes one Adam step on :func:`fm_helpers.loss.flow_matching_loss`, or, with a
 ``coupling`` other than the independent one, on the same loss with noise and data
-paired by it (:mod:`fm_helpers.couplings`). Everything
+paired by it (:mod:`fm_helpers.couplings`), or on fixed pairs (reflow, chapter 8), or
+on another objective given as ``loss`` (MeanFlow's). Everything
 random comes from ``jax.random`` keys split from ``seed``, so the same seed gives the same
 parameters, bit for bit, on the same machine and versions.
 """
@@ -184,8 +185,9 @@ def make_train_chunk(
     """``num_steps`` training steps fused into one compiled ``lax.scan``:
     ``(graphdef, state, key, data) -> (state, key, losses[num_steps])``, where
     ``graphdef, state = nnx.split((model, optimizer))``, and ``graphdef`` is a static
-    argument; ``data`` as for :func:`make_train_step`. It takes the steps that ``num_steps`` calls of :func:`make_train_step`
-    would take (the same batches, noise and times). The same arguments return the same
+    argument; ``data`` as for :func:`make_train_step`. It takes the steps that
+    ``num_steps`` calls of :func:`make_train_step` would take (the same batches, noise and
+    times). The same arguments return the same
     compiled function, so what it compiled is reused."""
     step = make_train_step(batch_size, sigma_min, coupling, loss)
 
