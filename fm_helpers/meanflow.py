@@ -71,8 +71,8 @@ class AverageVelocityMLP(VelocityMLP):
         self._check(z)
         n = z.shape[0]
         r, t = broadcast_time(r, n), broadcast_time(t, n)
-        e = jnp.concatenate([self.fourier(r), self.fourier_gap(t - r)], axis=-1)
-        return self.body(z, self.time_out(nnx.silu(self.time_in(e))))
+        features = jnp.concatenate([self.fourier(r), self.fourier_gap(t - r)], axis=-1)
+        return self.body(z, self.embed(features))
 
 
 @jax.tree_util.register_dataclass
@@ -149,9 +149,14 @@ class OneStepDensity:
     residual: np.ndarray
 
 
+def _jacobian(T: Callable) -> Callable:
+    """z [n, d] -> the Jacobians dT/dz [n, d, d] of a map that acts row by row."""
+    return jax.vmap(jax.jacfwd(lambda zz: T(zz[None])[0]))
+
+
 def _newton(T: Callable, x: jax.Array, z: jax.Array, iterations: int) -> jax.Array:
     """Newton's method for T(z) = x, point by point (each a d x d linear solve)."""
-    jac = jax.vmap(jax.jacfwd(lambda zz: T(zz[None])[0]))
+    jac = _jacobian(T)
 
     def step(z, _):
         residual = T(z) - x
@@ -177,10 +182,9 @@ def one_step_log_prob(model: AverageVelocity, x, *, starts: jax.Array | None = N
     guesses = jnp.concatenate([(2.0 * x - T(x))[None], jnp.broadcast_to(starts[:, None], (len(starts), n, d))])
     solve = jax.jit(lambda z0: _newton(T, x, z0, iterations))
     ends = np.stack([np.asarray(solve(g)) for g in guesses], axis=1)  # [n, k, d]
-    jac = jax.vmap(jax.jacfwd(lambda zz: T(zz[None])[0]))
     flat = jnp.asarray(ends.reshape(-1, d))
     residual = np.linalg.norm(np.asarray(T(flat)) - np.repeat(np.asarray(x), ends.shape[1], axis=0), axis=1)
-    det = np.asarray(jnp.linalg.det(jac(flat)))
+    det = np.asarray(jnp.linalg.det(_jacobian(T)(flat)))
     log_p0 = np.asarray(gaussian_log_prob(flat, 0.0, 1.0))
     residual, det, log_p0 = (a.reshape(n, -1) for a in (residual, det, log_p0))
     log_prob, roots, folded, worst = (np.full(n, -np.inf), np.zeros(n, int), np.zeros(n, bool),

@@ -128,8 +128,11 @@ class VelocityMLP(nnx.Module):
 
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
         self._check(x)
-        e = self.fourier(broadcast_time(t, x.shape[0]))
-        return self.body(x, self.time_out(nnx.silu(self.time_in(e))))
+        return self.body(x, self.embed(self.fourier(broadcast_time(t, x.shape[0]))))
+
+    def embed(self, features: jax.Array) -> jax.Array:
+        """Fourier features of time [n, k] to the embedding [n, time_dim] every layer gets."""
+        return self.time_out(nnx.silu(self.time_in(features)))
 
     def _check(self, x: jax.Array) -> None:
         if x.ndim != 2 or x.shape[1] != self.dim:
