@@ -8,7 +8,7 @@ module                what it holds                                     chapter
 :mod:`.loss`          the conditional OT path and the FM loss           4
 :mod:`.train`         Optax training fused with ``lax.scan``            5
 :mod:`.couplings`     pairing noise and data: minibatch OT, reflow      8
-:mod:`.meanflow`      average velocity; one-step maps and density       9 (planned)
+:mod:`.meanflow`      average velocity; few-step maps and density       9
 :mod:`.sample`        ODE solvers and the NFE count                     6
 :mod:`.density`       exact and Hutchinson log-likelihood               7
 :mod:`.metrics`       energy distance, NLL, KL gap, straightness        6, 7, 8

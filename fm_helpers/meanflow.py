@@ -1,6 +1,6 @@
-"""MeanFlow: the average velocity, one-step generation, and the one-step map's density.
+"""MeanFlow: the average velocity, few-step generation, and the exact density of a map.
 
-For chapter 9 ("One step", in preparation), which will teach it.
+Taught in chapter 9 ("One step").
 
 A flow dz/dt = v(z, t) carries noise at t = 0 to data at t = 1 (the course's direction;
 Geng et al. 2025 run time the other way, data at 0 and noise at 1). Its *average
@@ -21,15 +21,18 @@ u_theta on ``stop_gradient(v + (t - r) du_theta/dr)`` with the conditional veloc
 v = x_1 - x_0 at z = (1 - r) x_0 + r x_1; where r = t the target is v itself, the
 Flow Matching loss.
 
-A network u_theta gives the one-step map T(z) = z + u_theta(z, 0, 1). Its density at x
-is the change of variables summed over every z with T(z) = x:
+A sampler with a fixed number of network evaluations is a map x = T(z) of the noise:
+:class:`MeanFlowMap` (z + u(z, 0, 1) for one step) and :class:`EulerMap` (a flow's
+Euler steps). Its density at x is the change of variables summed over every z with
+T(z) = x, which :func:`map_log_prob` finds by Newton's method:
 
 .. math:: q(x) = \\sum_{z:\\, T(z) = x} \\frac{p_0(z)}{|\\det \\partial T / \\partial z|} .
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import jax
@@ -37,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .gaussian import gaussian_log_prob
 from .model import GaussianFourierProjection, VelocityMLP, broadcast_time
 
 __all__ = [
@@ -47,8 +49,11 @@ __all__ = [
     "meanflow_target",
     "meanflow_loss",
     "generate",
-    "OneStepDensity",
-    "one_step_log_prob",
+    "MeanFlowMap",
+    "EulerMap",
+    "MapDensity",
+    "jacobian_determinant",
+    "map_log_prob",
 ]
 
 # u(z, r, t) -> [n, d]
@@ -66,6 +71,22 @@ class AverageVelocityMLP(VelocityMLP):
                          time_dim=time_dim, rngs=rngs, **kwargs)
         self.fourier_gap = GaussianFourierProjection(embedding_size, fourier_scale, rngs=rngs)
         self.time_in = nnx.Linear(4 * embedding_size, time_dim, rngs=rngs)
+
+    @classmethod
+    def from_velocity(cls, velocity: VelocityMLP) -> "AverageVelocityMLP":
+        """A network that starts as the trained velocity network ``velocity``:
+        u(z, r, t) = v(z, r) for every t, because the weights that read the gap t - r
+        start at zero and every other weight is copied. MeanFlow training then has only
+        to learn how the jump differs from the velocity at its start."""
+        size = velocity.fourier.W.value.shape[0]
+        widths = (velocity.layer_in.out_features, velocity.down_1.dense.out_features,
+                  velocity.down_2.dense.out_features)
+        new = cls(velocity.dim, embedding_size=size, time_dim=velocity.time_in.out_features,
+                  widths=widths, activation=velocity.activation, rngs=nnx.Rngs(0))
+        nnx.update(new, nnx.state(velocity))  # every weight of the same name and shape
+        kernel = velocity.time_in.kernel.value  # [2 size, time_dim]: features of r
+        new.time_in.kernel.value = jnp.concatenate([kernel, jnp.zeros_like(kernel)], axis=0)
+        return new
 
     def __call__(self, z: jax.Array, r: jax.Array, t: jax.Array) -> jax.Array:
         self._check(z)
@@ -135,18 +156,51 @@ def generate(model: AverageVelocity, z: jax.Array, steps: int = 1) -> jax.Array:
     return z
 
 
+@jax.tree_util.register_dataclass
 @dataclass(frozen=True)
-class OneStepDensity:
-    """What :func:`one_step_log_prob` returns, for n points. ``log_prob`` [n]: log q(x)
+class MeanFlowMap:
+    """The MeanFlow sampler as a map z -> x: :func:`generate` with ``steps`` jumps. A
+    pytree (``steps`` is static), so :func:`map_log_prob` compiles it once."""
+
+    average: Any
+    steps: int = field(default=1, metadata=dict(static=True))
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        return generate(self.average, z, self.steps)
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class EulerMap:
+    """Euler's method on dz/dt = v(z, t) from t = 0 to 1 in ``steps`` equal steps, as a
+    map z -> x: what a few-step sampler of a flow computes. A pytree (``steps`` static)."""
+
+    velocity: Any
+    steps: int = field(default=1, metadata=dict(static=True))
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = 1.0 / self.steps
+        for k in range(self.steps):
+            z = z + h * self.velocity(z, jnp.float32(k * h))
+        return z
+
+
+@dataclass(frozen=True)
+class MapDensity:
+    """What :func:`map_log_prob` returns, for n points. ``log_prob`` [n]: log q(x)
     summed over the roots found (-inf where none was found); ``roots`` [n]: how many
-    distinct z with T(z) = x were found; ``folded`` [n]: True where some root has a
-    Jacobian determinant of the other sign than the rest, or more than one root was
-    found; ``residual`` [n]: the largest ``|T(z) - x|`` over the roots kept."""
+    distinct z with T(z) = x were found; ``folded`` [n]: True where more than one root
+    was found, or the roots' Jacobian determinants differ in sign; ``residual`` [n]: the
+    largest ``|T(z) - x|`` over the roots kept (NaN where none was kept); ``z`` [n, d]:
+    the root that gives q(x) its largest term, its *main root*, and ``main_share`` [n]
+    the fraction of q(x) that term makes (NaN where none was kept)."""
 
     log_prob: np.ndarray
     roots: np.ndarray
     folded: np.ndarray
     residual: np.ndarray
+    z: np.ndarray
+    main_share: np.ndarray
 
 
 def _jacobian(T: Callable) -> Callable:
@@ -154,51 +208,95 @@ def _jacobian(T: Callable) -> Callable:
     return jax.vmap(jax.jacfwd(lambda zz: T(zz[None])[0]))
 
 
-def _newton(T: Callable, x: jax.Array, z: jax.Array, iterations: int) -> jax.Array:
-    """Newton's method for T(z) = x, point by point (each a d x d linear solve)."""
-    jac = _jacobian(T)
+@jax.jit
+def jacobian_determinant(T: Callable, z: jax.Array) -> jax.Array:
+    """det dT/dz [n] at the points z [n, d] of a row-by-row map T (a pytree, such as
+    :class:`MeanFlowMap`). Where it changes sign, the map folds the plane over."""
+    return jnp.linalg.det(_jacobian(T)(z))
+
+
+@functools.partial(jax.jit, static_argnames="iterations")
+def _newton(T: Callable, x: jax.Array, z: jax.Array, iterations: int):
+    """Newton's method for T(z) = x, row by row (each a d x d linear solve). Returns the
+    end points, their residuals ``|T(z) - x|`` and Jacobian determinants."""
+
+    def value_and_jacobian(zz):  # one row: T(z) and dT/dz from one forward-mode pass
+        value = lambda w: (T(w[None])[0],) * 2  # noqa: E731
+        jac, out = jax.jacfwd(value, has_aux=True)(zz)
+        return out, jac
 
     def step(z, _):
-        residual = T(z) - x
-        return z - jnp.linalg.solve(jac(z), residual[..., None])[..., 0], None
+        out, jac = jax.vmap(value_and_jacobian)(z)
+        return z - jnp.linalg.solve(jac, (out - x)[..., None])[..., 0], None
 
-    return jax.lax.scan(step, z, None, length=iterations)[0]
+    z = jax.lax.scan(step, z, None, length=iterations)[0]
+    out, jac = jax.vmap(value_and_jacobian)(z)
+    return z, jnp.linalg.norm(out - x, axis=-1), jnp.linalg.det(jac)
 
 
-def one_step_log_prob(model: AverageVelocity, x, *, starts: jax.Array | None = None,
-                      iterations: int = 30, tol: float = 1e-5, merge: float = 1e-3) -> OneStepDensity:
-    """log q(x) of the one-step map T(z) = z + u(z, 0, 1) at the points x [n, d].
+def _solve(T: Callable, x: jax.Array, guesses: jax.Array, iterations: int, rows: int = 2304):
+    """:func:`_newton` on the rows (x[i], guesses[i]) in blocks of ``rows`` (the last one
+    padded), so that every call has one shape and the solve compiles once per map."""
+    n = len(x)
+    pad = (-n) % rows
+    x = jnp.concatenate([x, jnp.broadcast_to(x[-1:], (pad, x.shape[1]))])
+    guesses = jnp.concatenate([guesses, jnp.zeros((pad, x.shape[1]), guesses.dtype)])
+    parts = [_newton(T, x[i:i + rows], guesses[i:i + rows], iterations)
+             for i in range(0, n + pad, rows)]
+    return [np.concatenate([np.asarray(p[k]) for p in parts])[:n] for k in range(3)]
 
-    Newton's method solves T(z) = x from every start: ``x - u(x, 0, 1)`` and each row of
-    ``starts`` [k, d] (default: 16 points of N(0, I) from a fixed key, the same for
-    every x). A run counts when it ends with ``|T(z) - x| <= tol``; runs that end within
-    ``merge`` of each other are one root. The density sums ``p_0(z) / |det dT/dz|`` over the
-    roots."""
+
+def _collect(ends, residual, det, tol, merge):
+    """One point's runs [k, d], residuals [k] and determinants [k] -> (log q, roots,
+    folded, worst residual, main root, its share of q) over the runs that converged,
+    merged."""
+    kept: list[int] = []
+    for j in np.flatnonzero(residual <= tol):
+        if all(np.linalg.norm(ends[j] - ends[m]) > merge for m in kept):
+            kept.append(j)
+    if not kept:
+        return -np.inf, 0, False, np.nan, np.full(ends.shape[1], np.nan), np.nan
+    log_p0 = -0.5 * np.sum(ends[kept] ** 2, axis=1) - 0.5 * ends.shape[1] * np.log(2 * np.pi)
+    terms = log_p0 - np.log(np.abs(det[kept]))
+    signs = np.sign(det[kept])
+    folded = len(kept) > 1 or bool(np.any(signs != signs[0]))
+    log_q = np.logaddexp.reduce(terms)
+    return (log_q, len(kept), folded, residual[kept].max(), ends[kept[int(np.argmax(terms))]],
+            float(np.exp(terms.max() - log_q)))
+
+
+def map_log_prob(T: Callable, x, *, starts: jax.Array | None = None, iterations: int = 20,
+                 tol: float = 2e-6, merge: float = 1e-3, retry: int = 64) -> MapDensity:
+    """log q(x) at the points x [n, d] of the samples T(z), z ~ N(0, I), of a map T.
+
+    ``T`` maps z [m, d] to [m, d] row by row; pass a pytree (:class:`MeanFlowMap`,
+    :class:`EulerMap`) so that the solve is compiled once per kind of map. Newton's
+    method solves T(z) = x from every start: ``2 x - T(x)`` (exact when T is a shift)
+    and each row of ``starts`` [k, d] (default: 8 points of N(0, I) from a fixed key,
+    the same for every x). A run counts when it ends with ``|T(z) - x| <= tol``; runs
+    that end within ``merge`` of each other are one root. Points left without a root
+    get a second try from ``retry`` wider starts (drawn from N(0, 9 I)). The density
+    sums ``p_0(z) / |det dT/dz|`` over the roots."""
     x = jnp.asarray(x, dtype=jnp.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"x must have shape [n, d] with n >= 1; got {x.shape}.")
     n, d = x.shape
     if starts is None:
-        starts = jax.random.normal(jax.random.PRNGKey(0), (16, d))
-    T = lambda z: z + model(z, jnp.zeros(z.shape[0]), jnp.ones(z.shape[0]))  # noqa: E731
-    guesses = jnp.concatenate([(2.0 * x - T(x))[None], jnp.broadcast_to(starts[:, None], (len(starts), n, d))])
-    solve = jax.jit(lambda z0: _newton(T, x, z0, iterations))
-    ends = np.stack([np.asarray(solve(g)) for g in guesses], axis=1)  # [n, k, d]
-    flat = jnp.asarray(ends.reshape(-1, d))
-    residual = np.linalg.norm(np.asarray(T(flat)) - np.repeat(np.asarray(x), ends.shape[1], axis=0), axis=1)
-    det = np.asarray(jnp.linalg.det(_jacobian(T)(flat)))
-    log_p0 = np.asarray(gaussian_log_prob(flat, 0.0, 1.0))
-    residual, det, log_p0 = (a.reshape(n, -1) for a in (residual, det, log_p0))
-    log_prob, roots, folded, worst = (np.full(n, -np.inf), np.zeros(n, int), np.zeros(n, bool),
-                                      np.full(n, np.nan))
-    for i in range(n):
-        kept: list[int] = []
-        for j in np.flatnonzero(residual[i] <= tol):
-            if all(np.linalg.norm(ends[i, j] - ends[i, k]) > merge for k in kept):
-                kept.append(j)
-        if kept:
-            terms = log_p0[i, kept] - np.log(np.abs(det[i, kept]))
-            log_prob[i] = np.logaddexp.reduce(terms)
-            roots[i] = len(kept)
-            signs = np.sign(det[i, kept])
-            folded[i] = len(kept) > 1 or bool(np.any(signs != signs[0]))
-            worst[i] = residual[i, kept].max()
-    return OneStepDensity(log_prob, roots, folded, worst)
+        starts = jax.random.normal(jax.random.PRNGKey(0), (8, d))
+    k = len(starts) + 1
+    guesses = jnp.concatenate([(2.0 * x - T(x))[:, None],
+                               jnp.broadcast_to(starts[None], (n, k - 1, d))], axis=1)
+    ends, residual, det = _solve(T, jnp.repeat(x, k, axis=0), guesses.reshape(-1, d),
+                                 iterations)  # row i * k + j: point i, start j
+    found = [_collect(ends[i * k:(i + 1) * k], residual[i * k:(i + 1) * k],
+                      det[i * k:(i + 1) * k], tol, merge) for i in range(n)]
+    missing = [i for i in range(n) if found[i][1] == 0]
+    if missing and retry > 0:
+        wide = 3.0 * jax.random.normal(jax.random.PRNGKey(1), (retry, d))
+        ends, residual, det = _solve(T, jnp.repeat(x[jnp.asarray(missing)], retry, axis=0),
+                                     jnp.tile(wide, (len(missing), 1)), iterations)
+        for m, i in enumerate(missing):
+            rows = slice(m * retry, (m + 1) * retry)
+            found[i] = _collect(ends[rows], residual[rows], det[rows], tol, merge)
+    return MapDensity(*(np.array(a) for a in zip(*found)))
+

@@ -43,7 +43,7 @@ import optax
 from flax import nnx, serialization
 from tqdm import tqdm
 
-from .couplings import Coupling, independent
+from .couplings import Coupling, independent, reflow_pairs
 from .loss import conditional_loss, flow_matching_loss, sample_path
 from .model import VelocityMLP
 
@@ -56,6 +56,7 @@ __all__ = [
     "make_train_step",
     "make_train_chunk",
     "fit",
+    "reflow",
     "save_state",
     "load_state",
 ]
@@ -384,6 +385,24 @@ def fit(
         steps_per_second=steps / run_seconds,
     )
     return trained, history
+
+
+def reflow(model: nnx.Module, keys, *, num_pairs: int, steps: int, batch_size: int = 256,
+           learning_rate: float = 1e-3, seed: int = 0,
+           chunk_size: int = 500) -> list[tuple[nnx.Module, History]]:
+    """Rounds of reflow (chapter 8) from the trained velocity network ``model``: one round
+    per key of ``keys``. Round k draws ``num_pairs`` pairs (x0, psi(x0)) from the current
+    network with :func:`fm_helpers.couplings.reflow_pairs` and its key, then trains on them
+    with :func:`fit` from the current network's weights, with seed ``seed + k`` (k = 1, 2,
+    ...). Returns ``(model, history)`` of every round; ``model`` is left unchanged."""
+    rounds, parent = [], model
+    for k, key in enumerate(keys, start=1):
+        x0, x1 = reflow_pairs(parent, key, num_pairs)
+        parent, history = fit(x1, noise_points=x0, model=parent, steps=steps,
+                              batch_size=batch_size, learning_rate=learning_rate,
+                              seed=seed + k, progress=False, chunk_size=chunk_size)
+        rounds.append((parent, history))
+    return rounds
 
 
 def save_state(path: str | Path, model: nnx.Module) -> None:

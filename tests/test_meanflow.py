@@ -1,7 +1,10 @@
-"""MeanFlow against closed forms: the average velocity of a curved Gaussian flow, finite
-differences, and one-step maps whose densities are known (affine, and a fold)."""
+"""MeanFlow against closed forms: the average velocity of the straight and of the curved
+Gaussian flow, finite differences, maps whose densities are known (affine, a fold), and
+chapter 8's networks that chapter 9 loads."""
 
 import dataclasses
+import json
+from importlib.resources import files
 
 import jax
 import jax.numpy as jnp
@@ -9,33 +12,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fm_helpers.gaussian import gaussian_log_prob
-from fm_helpers.meanflow import (AverageVelocityMLP, Instantaneous, generate, meanflow_loss,
-                                 meanflow_target, one_step_log_prob, sample_times)
+from fm_helpers import results
+from fm_helpers.gaussian import GaussianFlow, IndependentGaussianFlow, gaussian_log_prob
+from fm_helpers.meanflow import (AverageVelocityMLP, EulerMap, Instantaneous, MeanFlowMap,
+                                 generate, jacobian_determinant, map_log_prob, meanflow_loss,
+                                 meanflow_target, sample_times)
+from fm_helpers.model import VelocityMLP
 from fm_helpers.sample import sample
-from fm_helpers.train import fit
+from fm_helpers.train import create_model, fit, load_state
 
 MU, S = jnp.array([2.0, -1.0]), 0.5
-
-
-def c(t):
-    """The variance of (1 - t) x0 + t x1 per coordinate, x0 ~ N(0, I), x1 ~ N(MU, S^2 I)."""
-    return (1 - t) ** 2 + t**2 * S**2
-
-
-def velocity(z, t):
-    """The marginal velocity of the independent coupling between the two Gaussians:
-    E[x1 - x0 | x_t = z] = MU + (t S^2 - (1 - t)) / c(t) (z - t MU). Its paths bend."""
-    t = jnp.asarray(t)[..., None]
-    return MU + (t * S**2 - (1 - t)) / c(t) * (z - t * MU)
-
-
-def average(z, r, t):
-    """The exact average velocity from (z, r) to t: the flow map of this field is
-    z_t = t MU + sqrt(c(t) / c(r)) (z - r MU), so u = (z_t - z) / (t - r)."""
-    r, t = jnp.asarray(r)[..., None], jnp.asarray(t)[..., None]
-    end = t * MU + jnp.sqrt(c(t) / c(r)) * (z - r * MU)
-    return (end - z) / (t - r)
+CURVED = IndependentGaussianFlow(MU, jnp.float32(S))  # its paths bend: u differs from v
+velocity, average = CURVED, CURVED.average_velocity
 
 
 def points(n=256, seed=0):
@@ -55,9 +43,31 @@ def test_the_closed_form_is_the_average_of_the_velocity():
     np.testing.assert_allclose(x, z + (t - r)[:, None] * average(z, r, t), atol=2e-3)
 
 
+def test_the_closed_form_flow_map_is_the_solution_of_the_ode():
+    z = jax.random.normal(jax.random.PRNGKey(5), (100, 2))
+    np.testing.assert_allclose(sample(CURVED, z).samples, CURVED.flow_map(z, 0.0, 1.0), atol=1e-4)
+    np.testing.assert_allclose(CURVED.log_prob(CURVED.flow_map(z, 0.0, 1.0)),
+                               gaussian_log_prob(CURVED.flow_map(z, 0.0, 1.0), MU, S), atol=1e-5)
+
+
+def test_the_loss_vanishes_on_the_straight_flow_of_chapter_1():
+    """On the straight-line flow the average velocity is the velocity at the start, the
+    total derivative along the path is zero, and the residual vanishes; a perturbation of
+    u that grows with the gap leaves exactly the residual it predicts."""
+    flow = GaussianFlow(MU, jnp.float32(S))
+    z, r, t = points()
+    v = flow.average_velocity(z, r, r)  # the velocity v_r(z) at each point's own r
+    out, target = meanflow_target(flow.average_velocity, z, r, t, v)
+    assert float(jnp.max(jnp.abs(out - target))) < 1e-5
+    # u + 0.1 (t - r): du/dr falls by 0.1, so the residual is 0.1 (t - r) + 0.1 (t - r)
+    wrong = lambda z, r, t: flow.average_velocity(z, r, t) + 0.1 * (t - r)[:, None]  # noqa: E731
+    out, target = meanflow_target(wrong, z, r, t, v)
+    np.testing.assert_allclose(out - target, 0.2 * (t - r)[:, None] * jnp.ones((1, 2)), atol=1e-5)
+
+
 def test_the_identity_holds_at_the_true_average_velocity_only():
-    """The MeanFlow residual u - (v + (t - r) du/dr) vanishes for the exact u and the
-    exact velocity, and not for a perturbed u."""
+    """On the curved flow: the MeanFlow residual u - (v + (t - r) du/dr) vanishes for the
+    exact u and the exact velocity, and not for a perturbed u."""
     z, r, t = points()
     out, target = meanflow_target(average, z, r, t, velocity(z, r))
     assert float(jnp.max(jnp.abs(out - target))) < 1e-3
@@ -112,10 +122,10 @@ class Affine:
         return z @ (self.A - jnp.eye(2)).T + self.b
 
 
-def test_one_step_density_of_an_affine_map():
+def test_the_density_of_an_affine_map():
     A, b = jnp.array([[1.5, 0.4], [-0.3, 0.8]]), jnp.array([0.5, -1.0])
     x = jax.random.normal(jax.random.PRNGKey(1), (50, 2)) @ A.T + b
-    got = one_step_log_prob(Affine(A, b), x)
+    got = map_log_prob(MeanFlowMap(Affine(A, b)), x)
     z = np.linalg.solve(np.asarray(A), (np.asarray(x) - np.asarray(b)).T).T
     want = np.asarray(gaussian_log_prob(jnp.asarray(z), 0.0, 1.0)) - np.log(abs(np.linalg.det(A)))
     np.testing.assert_allclose(got.log_prob, want, atol=1e-4)
@@ -133,17 +143,58 @@ class Fold:
         return jnp.stack([self.scale * z[:, 0] ** 2 - z[:, 0], 0.0 * z[:, 1]], axis=1)
 
 
-def test_one_step_density_sums_over_the_fold():
+def test_the_density_sums_over_the_fold():
     """q(x) = 2 N(sqrt(x1)) N(x2) / (2 sqrt(x1)): both roots are found and summed."""
     x = jnp.stack([jnp.linspace(0.2, 3.0, 20), jnp.linspace(-1.0, 1.0, 20)], axis=1)
-    got = one_step_log_prob(Fold(jnp.float32(1.0)), x)
+    got = map_log_prob(MeanFlowMap(Fold(jnp.float32(1.0))), x)
     root = np.sqrt(np.asarray(x[:, 0]))
     want = (np.log(2) + np.asarray(gaussian_log_prob(jnp.stack([jnp.asarray(root), x[:, 1]], 1), 0.0, 1.0))
             - np.log(2 * root))
     assert np.all(got.roots == 2) and np.all(got.folded)
     np.testing.assert_allclose(got.log_prob, want, atol=1e-4)
-    outside = one_step_log_prob(Fold(jnp.float32(1.0)), jnp.array([[-0.5, 0.0]]))
+    outside = map_log_prob(MeanFlowMap(Fold(jnp.float32(1.0))), jnp.array([[-0.5, 0.0]]))
     assert outside.roots[0] == 0 and outside.log_prob[0] == -np.inf
+
+
+def test_the_determinant_of_an_affine_map_and_a_fold():
+    A, b = jnp.array([[1.5, 0.4], [-0.3, 0.8]]), jnp.array([0.5, -1.0])
+    z = jax.random.normal(jax.random.PRNGKey(2), (20, 2))
+    np.testing.assert_allclose(jacobian_determinant(MeanFlowMap(Affine(A, b)), z),
+                               np.linalg.det(np.asarray(A)), rtol=1e-5)
+    det = jacobian_determinant(MeanFlowMap(Fold(jnp.float32(1.0))), z)  # 2 z_1
+    np.testing.assert_allclose(det, 2 * z[:, 0], rtol=1e-5)
+
+
+def test_map_log_prob_rejects_points_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"\[n, d\]"):
+        map_log_prob(MeanFlowMap(Fold(jnp.float32(1.0))), jnp.zeros(5))
+
+
+def test_the_euler_map_is_the_euler_solver():
+    net = VelocityMLP(2, rngs=nnx.Rngs(0))
+    z = jax.random.normal(jax.random.PRNGKey(3), (50, 2))
+    for steps in (1, 2, 4):
+        want = sample(net, z, solver="euler", num_steps=steps).samples
+        np.testing.assert_allclose(EulerMap(net, steps)(z), want, atol=1e-5)
+
+
+def test_the_euler_map_of_the_straight_flow_is_exact_in_one_step():
+    flow = GaussianFlow(MU, jnp.float32(S))
+    z = jax.random.normal(jax.random.PRNGKey(4), (50, 2))
+    np.testing.assert_allclose(EulerMap(flow, 1)(z), flow.flow_map(z, 1.0), atol=1e-5)
+    got = map_log_prob(EulerMap(flow, 1), flow.flow_map(z, 1.0))
+    np.testing.assert_allclose(got.log_prob, flow.log_prob(flow.flow_map(z, 1.0)), atol=1e-4)
+
+
+def test_from_velocity_starts_as_the_velocity_network():
+    net = VelocityMLP(2, widths=(16, 32, 48), time_dim=24, embedding_size=8, rngs=nnx.Rngs(1))
+    u = AverageVelocityMLP.from_velocity(net)
+    z = jax.random.normal(jax.random.PRNGKey(5), (30, 2))
+    r = jax.random.uniform(jax.random.PRNGKey(6), (30,))
+    for t in (r, jnp.ones(30), jnp.clip(r + 0.3, 0.0, 1.0)):
+        np.testing.assert_allclose(u(z, r, t), net(z, r), atol=1e-6)
+    u.layer_in.kernel.value = u.layer_in.kernel.value + 1.0  # a copy: net is untouched
+    assert not np.allclose(u(z, r, r), net(z, r))
 
 
 def test_meanflow_trains_a_one_step_gaussian_map():
@@ -169,3 +220,22 @@ def test_fit_rejects_a_custom_loss_with_validation():
     with pytest.raises(ValueError, match="custom loss"):
         fit(np.zeros((10, 2)), steps=1, model=model, loss=meanflow_loss, val_points=np.zeros((5, 2)),
             progress=False)
+
+
+def test_the_shipped_weights_are_chapter_8s_models():
+    """fm_helpers/assets/chapter8_*.msgpack (scripts/make_chapter8_weights.py) load into
+    chapter 8's network, and their one- and two-step Euler distances to their adaptive
+    samples, from chapter 8's noise, are those the benchmark published for seed 0."""
+    assets = files("fm_helpers") / "assets"
+    recipe = json.loads((assets / "chapter8_seed0.json").read_text())["recipe"]
+    assert recipe["reflow_keys"] == [11, 12] and recipe["seed"] == 0
+    published = next(r for r in results.benchmark_results()["straight"]["runs"]
+                     if r["seed"] == 0)["models"]
+    noise = jax.random.normal(jax.random.PRNGKey(2), (2500, 2))
+    for name, model in [("flow", "independent"), ("reflow2", "reflow 2")]:
+        net = load_state(assets / f"chapter8_{name}_seed0.msgpack", create_model(0, 2))
+        reference = np.asarray(sample(net, noise).samples)
+        for k in (1, 2):
+            want = published[model]["euler_distance"][str(k)]
+            got = np.linalg.norm(np.asarray(EulerMap(net, k)(noise)) - reference, axis=1).mean()
+            assert abs(got - want) < 1e-3 * want, (name, k, got, want)

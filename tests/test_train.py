@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fm_helpers import train
-from fm_helpers.couplings import exact_ot
+from fm_helpers.couplings import exact_ot, reflow_pairs
 from fm_helpers.data import ImageDensity, load_image
 from fm_helpers.density import log_prob
 from fm_helpers.loss import conditional_loss, flow_matching_loss, sample_path
@@ -21,6 +21,7 @@ from fm_helpers.train import (
     load_state,
     make_train_chunk,
     make_train_step,
+    reflow,
     save_state,
 )
 
@@ -341,3 +342,22 @@ def test_fit_rejects_bad_points(bad):
 def test_fit_rejects_bad_sizes(data):
     with pytest.raises(ValueError, match="positive"):
         fit(data, steps=0, progress=False)
+
+
+def test_reflow_is_fit_on_the_pairs_of_the_parent():
+    """One round of train.reflow equals reflow_pairs then fit from the parent's weights
+    with seed + 1, and leaves the parent unchanged."""
+    parent = create_model(jax.random.PRNGKey(0), 2)
+    before = jax.tree_util.tree_map(np.asarray, nnx.state(parent))
+    key = jax.random.PRNGKey(7)
+    [(model, history)] = reflow(parent, [key], num_pairs=64, steps=6, batch_size=16,
+                                learning_rate=1e-3, seed=3, chunk_size=3)
+    x0, x1 = reflow_pairs(parent, key, 64)
+    want, _ = fit(x1, noise_points=x0, model=parent, steps=6, batch_size=16,
+                  learning_rate=1e-3, seed=4, progress=False, chunk_size=3)
+    x = jax.random.normal(jax.random.PRNGKey(8), (10, 2))
+    np.testing.assert_array_equal(model(x, 0.3), want(x, 0.3))
+    assert len(history.loss) == 6
+    after = jax.tree_util.tree_map(np.asarray, nnx.state(parent))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                     jax.tree_util.tree_leaves(after)))

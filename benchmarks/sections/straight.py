@@ -5,7 +5,7 @@ Chapter 8's recipe, step for step, for several seeds: on its data (20,000 traini
 
 - independent pairs and minibatch OT (``couplings.exact_ot``), 1,200 steps of
   ``fit`` at a peak learning rate of 3e-3 with seed ``s``;
-- two rounds of reflow from the independent model: 4,000 pairs from
+- two rounds of reflow from the independent model (``train.reflow``): 4,000 pairs from
   ``couplings.reflow_pairs`` (key ``10 + round + 100 s``), then 1,000 steps from the
   parent's weights at 1e-3 with seed ``s + round``.
 
@@ -90,14 +90,11 @@ def _models(train_x: np.ndarray, seed: int, batch: int) -> tuple[dict, dict]:
         models[name], h = train.fit(train_x, steps=s["steps"], batch_size=batch, learning_rate=s["learning_rate"],
                                     seed=seed, coupling=coupling, progress=False, chunk_size=s["chunk_size"])
         ms[name] = 1e3 / h.steps_per_second
-    parent = models["independent"]
-    for round_ in (1, 2):
-        x0, x1 = couplings.reflow_pairs(parent, jax.random.PRNGKey(10 + round_ + 100 * seed), s["reflow_pairs"])
-        name = f"reflow {round_}"
-        models[name], h = train.fit(x1, noise_points=x0, model=parent, steps=s["reflow_steps"], batch_size=batch,
-                                    learning_rate=s["reflow_learning_rate"], seed=seed + round_, progress=False)
-        ms[name] = 1e3 / h.steps_per_second
-        parent = models[name]
+    keys = [jax.random.PRNGKey(10 + round_ + 100 * seed) for round_ in (1, 2)]
+    rounds = train.reflow(models["independent"], keys, num_pairs=s["reflow_pairs"], steps=s["reflow_steps"],
+                          batch_size=batch, learning_rate=s["reflow_learning_rate"], seed=seed)
+    for round_, (model, h) in enumerate(rounds, start=1):
+        models[f"reflow {round_}"], ms[f"reflow {round_}"] = model, 1e3 / h.steps_per_second
     return models, ms
 
 
