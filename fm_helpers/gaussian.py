@@ -75,7 +75,7 @@ class GaussianFlow:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class IndependentGaussianFlow:
-    """The marginal flow of Flow Matching between N(0, I) and N(``mu``, ``s``^2 I) when
+    """The marginal flow of Flow Matching between N(0, I) and N(mu, s^2 I) when
     noise and data are paired independently (chapters 4 and 5 train on such pairs).
 
     With c(t) = (1 - t)^2 + t^2 s^2, the variance of (1 - t) x0 + t x1 per coordinate,
