@@ -67,8 +67,11 @@ GOALS: tuple[Goal, ...] = (
 )
 
 
+_run_map = jax.jit(lambda T, z: T(z))  # one compile per kind of map, not per call
+
+
 def _score_map(T, noise, reference, truth, x_test, log_p, density: bool) -> dict:
-    x = np.asarray(jax.jit(lambda T, z: T(z))(T, noise))
+    x = np.asarray(_run_map(T, noise))
     out = {"distance": float(np.linalg.norm(x - reference, axis=1).mean()),
            "off_support": float(metrics.off_support(truth, x).mean())}
     if density:
