@@ -384,9 +384,26 @@ class ImageDensity:
                 "the image is blank (all white), so it defines no distribution; "
                 "use an image with dark shapes on a light background."
             )
+        self._set_probs(darkness / total, image)
+
+    @classmethod
+    def from_probs(cls, probs: np.ndarray) -> "ImageDensity":
+        """The density whose cell masses are ``probs`` [H, W] (non-negative, normalised
+        here), kept in float64: masses far below an 8-bit grey level stay exact (chapter
+        10's tilted densities need them). ``image`` is then only a picture of it."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2 or not np.all(np.isfinite(probs)) or probs.min() < 0.0:
+            raise ValueError(f"probs must be finite, non-negative and [H, W]; got {probs.shape}.")
+        if probs.sum() <= 0.0:
+            raise ValueError("probs are all zero, so they define no distribution.")
+        density = cls.__new__(cls)
+        density._set_probs(probs / probs.sum(), 1.0 - probs / probs.max())
+        return density
+
+    def _set_probs(self, probs: np.ndarray, image: np.ndarray) -> None:
         self.image = image.astype(np.float32)
-        self.height, self.width = image.shape
-        self.probs = darkness / total  # P_ij, sums to 1
+        self.height, self.width = probs.shape
+        self.probs = probs  # P_ij, sums to 1
         self.cell_area = 4.0 / (self.height * self.width)
         with np.errstate(divide="ignore"):
             self._log_density = np.log(self.probs) - np.log(self.cell_area)  # log P_ij / A

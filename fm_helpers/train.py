@@ -150,20 +150,23 @@ def make_train_step(
 
     ``data`` may also be a tuple ``(x0, x1)`` of fixed pairs, both [n, d] (reflow's
     pairs of noise and the point a flow carries it to): the step then draws rows of
-    both, and times, and ``coupling`` is not used. ``loss(model, x1, key)``, if given,
+    both, and times, and ``coupling`` is not used. ``loss(model, batch, key)``, if given,
     replaces the Flow Matching loss (for instance
-    :func:`fm_helpers.meanflow.meanflow_loss`): it gets the batch and draws its own
-    noise and times from ``key``; ``coupling`` and ``sigma_min`` are then not used."""
+    :func:`fm_helpers.meanflow.meanflow_loss`): it gets the batch (the same rows of
+    every array of ``data``: the points, or a tuple ``(x1, labels)`` for
+    :class:`fm_helpers.guidance.LabelDropoutLoss`) and draws its own noise and times
+    from ``key``; ``coupling`` and ``sigma_min`` are then not used."""
 
     def step(model: nnx.Module, optimizer: nnx.Optimizer, key: jax.Array, data):
         key, key_batch, key_loss = jax.random.split(key, 3)
-        x1_all = data[1] if isinstance(data, tuple) else data
-        idx = jax.random.randint(key_batch, (batch_size,), 0, x1_all.shape[0])
-        if loss is not None:  # another objective, on the same batches
-            batch_loss = lambda m: loss(m, data[idx], key_loss)  # noqa: E731
+        num_rows = jax.tree_util.tree_leaves(data)[0].shape[0]  # every array has n rows
+        idx = jax.random.randint(key_batch, (batch_size,), 0, num_rows)
+        if loss is not None:  # another objective, on the same batches (of every array)
+            batch = jax.tree_util.tree_map(lambda a: a[idx], data)
+            batch_loss = lambda m: loss(m, batch, key_loss)  # noqa: E731
         elif isinstance(data, tuple):  # fixed pairs (x0, x1), row by row: reflow
-            t = jax.random.uniform(key_loss, (batch_size,), dtype=x1_all.dtype)
-            x0, x1 = data[0][idx], x1_all[idx]
+            t = jax.random.uniform(key_loss, (batch_size,), dtype=data[1].dtype)
+            x0, x1 = data[0][idx], data[1][idx]
             batch_loss = lambda m: conditional_loss(m, x0, x1, t, sigma_min)  # noqa: E731
         elif coupling is independent:  # the step chapter 5 writes by hand, op for op
             batch_loss = lambda m: flow_matching_loss(m, data[idx], key_loss, sigma_min)  # noqa: E731
@@ -298,6 +301,7 @@ def fit(
     coupling: Coupling = independent,
     noise_points: Any = None,
     loss: Callable | None = None,
+    labels: Any = None,
 ) -> tuple[nnx.Module, History]:
     """Train a velocity network with Flow Matching and return ``(model, history)``.
 
@@ -320,6 +324,8 @@ def fit(
     fresh noise, and ``coupling`` must then be the default. ``loss(model, x1, key)``
     replaces the Flow Matching loss (see :func:`make_train_step`); give the ``model``
     it trains, and no ``val_points`` (the validation loss is Flow Matching's).
+    ``labels`` [n], integer classes of ``train_points`` (chapter 10), go with such a
+    loss: each batch then hands it ``(x1, labels)``, rows drawn together.
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")
@@ -338,6 +344,14 @@ def fit(
                              or coupling is not independent):
         raise ValueError("a custom loss draws its own noise: give no val_points, "
                          "noise_points or coupling with it.")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if loss is None or labels.shape != (data.shape[0],) or labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"labels must be integers of shape [{data.shape[0]}] (one per training "
+                f"point), given with a loss that takes them; got {labels.shape}, "
+                f"{labels.dtype}, loss={loss!r}."
+            )
     key_init, key_train, key_val = jax.random.split(jax.random.PRNGKey(seed), 3)
     if model is None:
         model = create_model(key_init, data.shape[1])
@@ -355,6 +369,8 @@ def fit(
 
     if noise_points is not None:
         data = (noise, data)  # the chunks take fixed pairs as one pytree
+    if labels is not None:
+        data = (data, jnp.asarray(labels, dtype=jnp.int32))  # rows drawn with the points
     # Compile every program before training, so that no timed chunk includes compiling.
     sizes = _chunk_sizes(steps, chunk_size)
     tick = time.perf_counter()
