@@ -51,13 +51,13 @@ __all__ = [
     "precision",
     "coverage",
     "APART",
-    "exact_ot_within_classes",
+    "ot_within_classes",
 ]
 
 # The three pictures of scripts/make_three_shapes.py, and the weights of their classes.
 SHAPES = ("disc", "square", "triangle")
 SHAPE_WEIGHTS = (0.5, 0.3, 0.2)
-# The extra cost of pairing across classes in exact_ot_within_classes: far above any
+# The extra cost of pairing across classes in ot_within_classes: far above any
 # squared distance between noise and data, so no such pair is ever chosen.
 APART = 1e6
 
@@ -194,7 +194,7 @@ class LabelDropoutLoss:
     noise x_0, times t and dropped labels drawn from ``key``, and the mean of
     ||v(x_t, t, c) - (x_1 - x_0)||^2 with x_t = (1 - t) x_0 + t x_1. With
     ``ot_within_classes`` noise and data are first paired by
-    :func:`exact_ot_within_classes`. A frozen dataclass, so equal settings are equal
+    :func:`ot_within_classes`. A frozen dataclass, so equal settings are equal
     objects and reuse compiled training chunks."""
 
     drop_prob: float = 0.2
@@ -204,8 +204,8 @@ class LabelDropoutLoss:
         x1, labels = batch
         key_x0, key_t, key_drop = jax.random.split(key, 3)
         x0 = jax.random.normal(key_x0, x1.shape, dtype=x1.dtype)
-        if self.ot_within_classes:
-            x0, x1 = exact_ot_within_classes(x0, x1, labels)
+        if self.ot_within_classes:  # labels[perm] == labels: pairs stay in their class
+            x1 = x1[ot_within_classes(x0, x1, labels)]
         t = jax.random.uniform(key_t, (x1.shape[0],), dtype=x1.dtype)
         c = drop_labels(key_drop, labels, self.drop_prob, model.null)
         return conditional_loss(lambda x, s: model(x, s, c), x0, x1, t)
@@ -257,16 +257,16 @@ def coverage(density: ImageDensity, x, block: int = 4) -> float:
     return float(mass[hit].sum())
 
 
-def exact_ot_within_classes(x0: jax.Array, x1: jax.Array,
-                            labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Chapter 8's minibatch OT, kept within each class: ``(x0, x1[perm])``.
+def ot_within_classes(x0: jax.Array, x1: jax.Array, labels: jax.Array) -> jax.Array:
+    """Chapter 8's minibatch OT kept within each class: the permutation ``perm`` [n] that
+    pairs noise point i with data point ``perm[i]``.
 
     Noise point i keeps the class of the data point it was drawn with, ``labels[i]``;
-    the permutation minimises the total squared distance among the permutations that
-    move data points only within their class (pairs across classes cost
-    :data:`APART` more). So each class's noise is still an independent draw from
-    N(0, I), whereas OT over the whole batch hands each class the noise nearest to it."""
+    ``perm`` minimises the total squared distance among the permutations that move data
+    points only within their class (pairs across classes cost :data:`APART` more). So
+    each class's noise is still an independent draw from N(0, I), whereas OT over the
+    whole batch hands each class the noise nearest to it. Solved on the host by SciPy,
+    through ``jax.pure_callback``, so it runs inside a compiled training step."""
     cost = squared_distances(x0, x1) + APART * (labels[:, None] != labels[None, :])
     shape = jax.ShapeDtypeStruct((x0.shape[0],), jnp.int32)
-    perm = jax.pure_callback(_assignment, shape, cost, vmap_method="sequential")
-    return x0, x1[perm]
+    return jax.pure_callback(_assignment, shape, cost, vmap_method="sequential")

@@ -161,16 +161,25 @@ def test_ot_within_classes_pairs_inside_each_class():
     x0 = jax.random.normal(key0, (90, 2))
     x1 = jax.random.normal(key1, (90, 2)) * 0.5 + 1.0
     labels = jnp.arange(90) % 3
-    _, paired = guidance.exact_ot_within_classes(x0, x1, labels)
-    index = [int(np.flatnonzero(np.all(np.asarray(x1) == np.asarray(p), axis=1))[0]) for p in paired]
-    assert np.all(np.asarray(labels)[index] == np.asarray(labels))  # no pair crosses classes
+    perm = np.asarray(jax.jit(guidance.ot_within_classes)(x0, x1, labels))
+    assert sorted(perm) == list(range(90))
+    assert np.all(np.asarray(labels)[perm] == np.asarray(labels))  # no pair crosses classes
     for k in range(3):  # and within each class the pairing is the optimal assignment
         rows = np.flatnonzero(np.asarray(labels) == k)
         cost = np.asarray(squared_distances(x0[rows], x1[rows]))
         r, col = linear_sum_assignment(cost)
-        best = cost[r, col].sum()
-        got = float(jnp.sum((x0[rows] - paired[rows]) ** 2))
-        assert got == pytest.approx(best, rel=1e-5)
+        got = float(jnp.sum((x0[rows] - x1[perm[rows]]) ** 2))
+        assert got == pytest.approx(cost[r, col].sum(), rel=1e-5)
+    batch = (x1, labels)
+    with_ot = guidance.LabelDropoutLoss(0.0, ot_within_classes=True)
+    net = guidance.ConditionalVelocityMLP(num_classes=3, rngs=nnx.Rngs(0))
+    key = jax.random.PRNGKey(7)
+    key_x0, key_t, _ = jax.random.split(key, 3)
+    noise = jax.random.normal(key_x0, x1.shape)
+    t = jax.random.uniform(key_t, (90,))
+    paired = x1[np.asarray(guidance.ot_within_classes(noise, x1, labels))]
+    by_hand = conditional_loss(lambda x, s: net(x, s, labels), noise, paired, t)
+    assert float(with_ot(net, batch, key)) == pytest.approx(float(by_hand), rel=1e-6)
 
 
 def test_precision_and_coverage(shapes):
