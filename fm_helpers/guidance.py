@@ -169,7 +169,7 @@ class ConditionalVelocityMLP(VelocityMLP):
 
     @property
     def null(self) -> int:
-        """The label of the null class (no class): ``num_classes``."""
+        """The null class's label, ``num_classes`` (it stands for "no class")."""
         return self.num_classes
 
     def __call__(self, x: jax.Array, t: jax.Array, c: jax.Array) -> jax.Array:
@@ -263,7 +263,7 @@ def ot_within_classes(x0: jax.Array, x1: jax.Array, labels: jax.Array) -> jax.Ar
 
     Noise point i keeps the class of the data point it was drawn with, ``labels[i]``;
     ``perm`` minimises the total squared distance among the permutations that move data
-    points only within their class (pairs across classes cost :data:`APART` more). So
+    points only within their class (pairs across classes cost ``APART`` more). So
     each class's noise is still an independent draw from N(0, I), whereas OT over the
     whole batch hands each class the noise nearest to it. Solved on the host by SciPy,
     through ``jax.pure_callback``, so it runs inside a compiled training step."""
