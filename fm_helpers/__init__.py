@@ -10,6 +10,8 @@ module                what it holds                                     chapter
 :mod:`.couplings`     pairing noise and data: minibatch OT, reflow      8
 :mod:`.meanflow`      average velocity; few-step maps and density       9
 :mod:`.guidance`      labelled data, class-conditional flows, CFG       10
+:mod:`.images`        digits, dequantisation, bits per dimension        11
+:mod:`.unet`          a convolutional U-Net velocity field              11
 :mod:`.sample`        ODE solvers and the NFE count                     6
 :mod:`.density`       exact and Hutchinson log-likelihood               7
 :mod:`.metrics`       energy distance, NLL, KL gap, straightness        6, 7, 8
@@ -22,8 +24,8 @@ module                what it holds                                     chapter
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import (baselines, couplings, data, density, gaussian, guidance, loss, meanflow, metrics,
-               model, plot, results, sample, train)
+from . import (baselines, couplings, data, density, gaussian, guidance, images, loss, meanflow,
+               metrics, model, plot, results, sample, train, unet)
 from .data import ImageDensity, ImageLoadError, load_image, pixel_points, split
 from .density import log_prob
 from .loss import cond_ot_path, flow_matching_loss

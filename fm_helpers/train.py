@@ -267,9 +267,10 @@ def _validation_loss(graphdef, val, key, sigma_min) -> Callable:
     return val_loss
 
 
-def _train_chunks(runners, sizes, state, key, data, val_loss, bar):
+def _train_chunks(runners, sizes, state, key, data, val_loss, bar, after_chunk=None):
     """Run the compiled chunks in turn; returns the final state, the losses and the
-    validation curve, and the seconds spent in the chunks alone."""
+    validation curve, and the seconds spent in the chunks alone. ``after_chunk(done,
+    state)``, if given, runs after each chunk (outside the timed part)."""
     losses, val_steps, val_losses = [], [], []
     run_seconds, done = 0.0, 0
     for n in sizes:
@@ -281,6 +282,8 @@ def _train_chunks(runners, sizes, state, key, data, val_loss, bar):
         if val_loss is not None:
             val_steps.append(done)
             val_losses.append(float(val_loss(state)))
+        if after_chunk is not None:
+            after_chunk(done, state)
         bar.set_postfix(loss=f"{losses[-1].mean():.3f}", refresh=False)
         bar.update(n)
     return state, (losses, val_steps, val_losses), run_seconds
@@ -302,6 +305,7 @@ def fit(
     noise_points: Any = None,
     loss: Callable | None = None,
     labels: Any = None,
+    callback: Callable[[int, nnx.Module], None] | None = None,
 ) -> tuple[nnx.Module, History]:
     """Train a velocity network with Flow Matching and return ``(model, history)``.
 
@@ -326,6 +330,9 @@ def fit(
     it trains, and no ``val_points`` (the validation loss is Flow Matching's).
     ``labels`` [n], integer classes of ``train_points`` (chapter 10), go with such a
     loss: each batch then hands it ``(x1, labels)``, rows drawn together.
+    ``callback(steps_done, model)``, if given, is called after every chunk with a copy
+    of the network trained so far (to draw samples during training, say); its time is
+    not counted in ``steps_per_second``.
     """
     if steps < 1 or batch_size < 1 or chunk_size < 1:
         raise ValueError("steps, batch_size and chunk_size must be positive integers.")
@@ -388,8 +395,11 @@ def fit(
     with tqdm(
         total=steps, disable=not progress, file=bar_file, desc="training", unit="step"
     ) as bar:
+        after_chunk = None
+        if callback is not None:
+            after_chunk = lambda done, st: callback(done, nnx.merge(graphdef, st)[0])  # noqa: E731
         state, (losses, val_steps, val_losses), run_seconds = _train_chunks(
-            runners, sizes, state, key_train, data, val_loss, bar
+            runners, sizes, state, key_train, data, val_loss, bar, after_chunk
         )
     trained, _ = nnx.merge(graphdef, state)
     history = History(

@@ -361,3 +361,19 @@ def test_reflow_is_fit_on_the_pairs_of_the_parent():
     after = jax.tree_util.tree_map(np.asarray, nnx.state(parent))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
                                                      jax.tree_util.tree_leaves(after)))
+
+
+def test_callback_sees_the_network_after_every_chunk(data):
+    seen = []
+
+    def record(done, model):
+        x = jnp.asarray(data[:4])
+        seen.append((done, np.asarray(model(x, 0.5))))
+
+    model, history = train.fit(data, steps=25, batch_size=32, chunk_size=10, seed=3,
+                               progress=False, callback=record)
+    assert [d for d, _ in seen] == [10, 20, 25]
+    np.testing.assert_array_equal(seen[-1][1], np.asarray(model(jnp.asarray(data[:4]), 0.5)))
+    assert not np.allclose(seen[0][1], seen[-1][1])  # the first copy is an earlier network
+    plain, _ = train.fit(data, steps=25, batch_size=32, chunk_size=10, seed=3, progress=False)
+    np.testing.assert_array_equal(np.asarray(plain(jnp.asarray(data[:4]), 0.5)), seen[-1][1])

@@ -1,0 +1,64 @@
+"""fm_helpers.unet: shapes through the U-Net, the class and time inputs, and a round trip
+of its weights through save_state / load_state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fm_helpers import guidance, train, unet
+
+# One compiled program per shape: calling the network op by op (eagerly) compiles every
+# small operation of it separately, which takes many times longer.
+apply = jax.jit(lambda model, x, t, c: model(x, t, c))
+
+
+@pytest.mark.parametrize("side, channels", [(8, (16, 32, 32)), (12, (16, 16, 32)),
+                                            (28, (8, 16, 16))])
+def test_shapes_through_the_unet(side, channels):
+    model = unet.ConditionalUNet(side, channels=channels, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, side * side))
+    out = apply(model, x, jnp.array([0.1, 0.5, 0.9]), jnp.array([0, 5, model.null]))
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_unet_rejects_bad_input():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        unet.ConditionalUNet(10, rngs=nnx.Rngs(0))
+    model = unet.ConditionalUNet(8, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="flat images"):
+        model(jnp.zeros((2, 8, 8)), 0.5, 0)
+
+
+def test_output_depends_on_time_class_and_each_row_alone():
+    model = unet.ConditionalUNet(8, rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 64))
+    base = apply(model, x, 0.3, 2)
+    assert not np.allclose(base, apply(model, x, 0.7, 2))
+    assert not np.allclose(base, apply(model, x, 0.3, 3))
+    assert not np.allclose(base, apply(model, x, 0.3, model.null))
+    # GroupNorm normalises within an image, never across the batch: rows are independent
+    np.testing.assert_allclose(apply(model, x[:1], 0.3, 2), base[:1], atol=1e-5)
+
+
+def test_unet_works_with_guidance_and_label_dropout():
+    model = unet.ConditionalUNet(8, rngs=nnx.Rngs(2))
+    x = jax.random.normal(jax.random.PRNGKey(2), (6, 64))
+    v = jax.jit(lambda f, y: f(y, 0.5))(guidance.GuidedVelocity(model, 4, 2.0), x)
+    v_c, v_null = apply(model, x, 0.5, 4), apply(model, x, 0.5, model.null)
+    np.testing.assert_allclose(v, v_null + 2.0 * (v_c - v_null), atol=1e-4)
+    loss = jax.jit(guidance.LabelDropoutLoss(0.1))(model, (x, jnp.arange(6) % 10),
+                                                  jax.random.PRNGKey(3))
+    assert np.isfinite(float(loss))
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = unet.ConditionalUNet(8, rngs=nnx.Rngs(3))
+    path = tmp_path / "unet.msgpack"
+    train.save_state(path, model)
+    fresh = train.load_state(path, unet.ConditionalUNet(8, rngs=nnx.Rngs(99)))
+    x = jax.random.normal(jax.random.PRNGKey(4), (5, 64))
+    np.testing.assert_array_equal(apply(fresh, x, 0.4, 1), apply(model, x, 0.4, 1))
+    with pytest.raises(ValueError, match="other names or shapes"):
+        train.load_state(path, unet.ConditionalUNet(8, channels=(16, 16, 16), rngs=nnx.Rngs(0)))
