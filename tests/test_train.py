@@ -377,3 +377,16 @@ def test_callback_sees_the_network_after_every_chunk(data):
     assert not np.allclose(seen[0][1], seen[-1][1])  # the first copy is an earlier network
     plain, _ = train.fit(data, steps=25, batch_size=32, chunk_size=10, seed=3, progress=False)
     np.testing.assert_array_equal(np.asarray(plain(jnp.asarray(data[:4]), 0.5)), seen[-1][1])
+
+
+def test_a_chunk_of_one_step_is_the_step_without_a_loop(data):
+    model = VelocityMLP(2, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split((model, train.create_optimizer(model, 1e-3)))
+    key, points = jax.random.PRNGKey(5), jnp.asarray(data)
+    fused = make_train_chunk(64, 2)(graphdef, state, key, points)
+    one = make_train_chunk(64, 1)
+    first = one(graphdef, state, key, points)
+    second = one(graphdef, first[0], first[1], points)
+    np.testing.assert_allclose(np.concatenate([first[2], second[2]]), fused[2], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(second[0]), jax.tree_util.tree_leaves(fused[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -62,3 +62,28 @@ def test_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(apply(fresh, x, 0.4, 1), apply(model, x, 0.4, 1))
     with pytest.raises(ValueError, match="other names or shapes"):
         train.load_state(path, unet.ConditionalUNet(8, channels=(16, 16, 16), rngs=nnx.Rngs(0)))
+
+
+def test_shipped_checkpoint_reproduces_its_recorded_check():
+    """The weights of scripts/make_digits_checkpoint.py load into the recipe's network,
+    are at most 5 MB, and give the bits per dimension recorded beside them."""
+    import json
+    from importlib.resources import files
+
+    from fm_helpers import density, images
+
+    assets = files("fm_helpers") / "assets"
+    record = json.loads((assets / "digits_unet_seed0.json").read_text())
+    weights = assets / "digits_unet_seed0.msgpack"
+    assert weights.stat().st_size <= 5 * 2**20
+    recipe, check = record["recipe"], record["check"]
+    model = train.load_state(weights, unet.ConditionalUNet(
+        8, num_classes=10, channels=recipe["channels"], embed_dim=recipe["embed_dim"],
+        rngs=nnx.Rngs(0)))
+    v, y = images.load_digits()
+    test = images.stratified_split(y, tuple(recipe["split"]), seed=recipe["split_seed"])[2]
+    x = images.dequantize(jax.random.PRNGKey(check["key"]), v[test][: check["images"]])
+    field = guidance.GuidedVelocity(model, jnp.asarray(y[test][: check["images"]]), 1.0)
+    log_q = density.log_prob(field, jnp.asarray(x), solver="tsit5", num_steps=check["steps"])
+    bits = float(images.bits_per_dim(np.asarray(log_q.log_prob), 64).mean())
+    assert bits == pytest.approx(check["bits_per_dim"], abs=0.01)
