@@ -25,6 +25,7 @@ the difference, with pi_w computed exactly on the pixel grid.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Sequence
@@ -38,6 +39,7 @@ from scipy.special import logsumexp
 from .couplings import _assignment, squared_distances
 from .data import ImageDensity, _generator, load_image
 from .loss import conditional_loss
+from .metrics import off_support
 from .model import VelocityMLP, broadcast_time
 
 __all__ = [
@@ -91,9 +93,14 @@ class LabelledMixture:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def mixture(self) -> ImageDensity:
-        """The unlabelled density p(x) = sum_c pi_c p(x | c), as one picture."""
+    @functools.cached_property
+    def _mixture(self) -> ImageDensity:
         return ImageDensity.from_probs(sum(w * c.probs for w, c in zip(self.weights, self.classes)))
+
+    def mixture(self) -> ImageDensity:
+        """The unlabelled density p(x) = sum_c pi_c p(x | c), as one picture (built once,
+        on the first call: every tilted density needs it)."""
+        return self._mixture
 
     def sample(self, key: jax.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(x [n, 2] float32, c [n] int32)``: each label drawn with probability pi_c,
@@ -238,7 +245,7 @@ class GuidedVelocity:
 def precision(density: ImageDensity, x) -> float:
     """The share of the points ``x`` [n, 2] where ``density`` is positive: inside its
     support."""
-    return float(np.mean(np.isfinite(density.log_prob(np.asarray(x)))))
+    return 1.0 - float(np.mean(off_support(density, x)))
 
 
 def coverage(density: ImageDensity, x, block: int = 4) -> float:

@@ -334,7 +334,7 @@ def fit(
     validation loss keeps its pairs as drawn. ``noise_points`` [n, d], if given, are
     fixed noise points paired row by row with ``train_points`` (reflow's pairs, from
     :func:`fm_helpers.couplings.reflow_pairs`): each step draws rows of both instead of
-    fresh noise, and ``coupling`` must then be the default. ``loss(model, x1, key)``
+    fresh noise, and ``coupling`` must then be the default. ``loss(model, batch, key)``
     replaces the Flow Matching loss (see :func:`make_train_step`); give the ``model``
     it trains, and no ``val_points`` (the validation loss is Flow Matching's).
     ``labels`` [n], integer classes of ``train_points`` (chapter 10), go with such a
