@@ -22,7 +22,7 @@ script runs in the main ``.venv`` (nbclient must not land in Colab's package set
 
 ``--smoke`` (``make colab-smoke``) stops each chapter after its first code cell past the
 setup cell (the imports): a quick proof that the setup cell installs and the course
-imports on Colab's Python and IPython. ``make colab-check`` (a stage of ``make test``)
+imports on Colab's Python and IPython (a stage of ``make test``). ``make colab-check``
 runs every chapter in full.
 
 Executed notebooks go to _build/colab-check/. Exit status 1 names the chapter and cell.

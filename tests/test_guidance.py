@@ -124,6 +124,9 @@ def test_guided_field_is_unconditional_at_0_and_conditional_at_1(model):
     w = jnp.linspace(0, 4, 9)
     per_row = guidance.GuidedVelocity(model, 2, w)(x, t)
     np.testing.assert_allclose(per_row, v_null + w[:, None] * (v_c - v_null), atol=1e-5)
+    # The one-class field is the network itself, for a class and for the null class.
+    np.testing.assert_array_equal(guidance.ConditionalVelocity(model, 2)(x, t), v_c)
+    np.testing.assert_array_equal(guidance.ConditionalVelocity(model, model.null)(x, t), v_null)
 
 
 def test_label_dropout_loss(model):

@@ -23,6 +23,25 @@ def test_shapes_through_the_unet(side, channels):
     assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
 
 
+def test_lecun_normal_is_flax_s_truncated_normal_with_variance_one_over_fan_in():
+    key = jax.random.PRNGKey(0)
+    for shape in ((3, 3, 16, 32), (64, 128), (5000, 40)):  # the last: a longer draw
+        w = np.asarray(unet.lecun_normal(key, shape))
+        fan_in = np.prod(shape[:-1])
+        assert w.shape == shape and w.dtype == np.float32
+        # Truncated at two standard deviations of the untruncated normal.
+        assert np.abs(w).max() <= 2 / np.sqrt(fan_in) / 0.87962566103423978 + 1e-6
+        assert abs(w.var() * fan_in - 1) < 5 * np.sqrt(2 / w.size) + 0.01
+        assert abs(w.mean()) * np.sqrt(fan_in) < 5 / np.sqrt(w.size)
+        # The same numbers as Flax's initialiser (partitionable Threefry: a longer draw
+        # begins with the shorter one).
+        np.testing.assert_array_equal(w, jax.nn.initializers.lecun_normal()(key, shape))
+    # Same key, same kernel; another key, another one.
+    np.testing.assert_array_equal(unet.lecun_normal(key, (8, 8)), unet.lecun_normal(key, (8, 8)))
+    assert not np.allclose(unet.lecun_normal(key, (8, 8)),
+                           unet.lecun_normal(jax.random.PRNGKey(1), (8, 8)))
+
+
 def test_unet_rejects_bad_input():
     with pytest.raises(ValueError, match="divisible by 4"):
         unet.ConditionalUNet(10, rngs=nnx.Rngs(0))
