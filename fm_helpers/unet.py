@@ -30,6 +30,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from .model import GaussianFourierProjection, broadcast_time
@@ -60,7 +61,9 @@ def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax
     size = math.prod(shape)
     length = max(1 << 15, 1 << (size - 1).bit_length())
     draws = jax.random.truncated_normal(key, -2.0, 2.0, (length,), dtype)
-    std = 1.0 / math.sqrt(math.prod(shape[:-1])) / _TRUNCATED_STD
+    # The scale in float32, as Flax computes it, so that the last bit agrees too.
+    fan_in = np.float32(math.prod(shape[:-1]))
+    std = float(np.sqrt(np.float32(1.0) / fan_in) / np.float32(_TRUNCATED_STD))
     return _scaled_slice(draws, shape, std)
 
 
