@@ -6,14 +6,16 @@ renders the published JSON with this module. Rendering needs no PyTorch and runs
 """
 
 import markup as md
-from sections import Goal, Section, book, budget, density, guidance, images, meanflow, nfe, profiling, straight, training
+from sections import (Goal, Section, book, budget, density, guidance, images, meanflow, nfe, profiling, scaling,
+                      straight, training)
 
 # The figures' folder as seen from benchmarks/results/latest.md (the book page includes that
 # file with :relative-images:, so the same path works in the book and on GitHub).
 PAGE_IMAGE_DIR = "../../book/_static/bench"
 # Page order. A section's heading number is its place here, so that quick and partial runs
 # number a section as the full run does; opt-in sections go last.
-SECTIONS: list[Section] = [training, budget, nfe, density, book, straight, meanflow, guidance, images, profiling]
+SECTIONS: list[Section] = [training, budget, nfe, density, book, straight, meanflow, guidance, images, scaling,
+                           profiling]
 GOALS: list[tuple[Section, Goal]] = [(s, goal) for s in SECTIONS for goal in s.GOALS]
 VERDICTS = {True: "met", False: "not met", None: "not measured (incomplete)"}
 

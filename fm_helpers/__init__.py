@@ -12,6 +12,7 @@ module                what it holds                                     chapter
 :mod:`.guidance`      labelled data, class-conditional flows, CFG       10
 :mod:`.images`        digits, dequantisation, bits per dimension        11
 :mod:`.unet`          a convolutional U-Net velocity field              11
+:mod:`.parallel`      meshes, sharded arrays, per-device couplings      12
 :mod:`.sample`        ODE solvers and the NFE count                     6
 :mod:`.density`       exact and Hutchinson log-likelihood               7
 :mod:`.metrics`       energy distance, NLL, KL gap, straightness        6, 7, 8
@@ -25,7 +26,7 @@ module                what it holds                                     chapter
 from importlib.metadata import PackageNotFoundError, version
 
 from . import (baselines, couplings, data, density, gaussian, guidance, images, loss, meanflow,
-               metrics, model, plot, results, sample, train, unet)
+               metrics, model, parallel, plot, results, sample, train, unet)
 from .data import ImageDensity, ImageLoadError, load_image, pixel_points, split
 from .density import log_prob
 from .loss import cond_ot_path, flow_matching_loss

@@ -1,4 +1,4 @@
-"""9. Profile of a training step (opt-in: ``--only profile`` or ``--only all``).
+"""11. Profile of a training step (opt-in: ``--only profile`` or ``--only all``).
 
 What limits each method of section 1, from the throughputs it measured (measured here if
 section 1 did not run): XLA's count of floating-point operations per step, and the GFLOP/s
