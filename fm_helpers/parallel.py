@@ -12,10 +12,11 @@ needs, such as the all-reduce that sums the gradient's per-device parts.
 Data parallelism here is two annotations: the training state and the data are
 replicated (:func:`replicate`), and each step's batch is split along ``"data"``
 (``fit(..., mesh=mesh)``, through ``batch_sharding`` of
-:func:`fm_helpers.train.make_train_step`). The random numbers of a step do not depend
-on the sharding (JAX's ``jax_threefry_partitionable``, on by default), so a sharded run
-draws the same batches, noise and times as a single-device one; only the order of the
-sums differs. Sampling and the log-density need only their points split
+:func:`fm_helpers.train.make_train_step`). A jitted program's values do not depend on
+how its inputs are split, random numbers included (JAX's
+``jax_threefry_partitionable``, on by default, lets each device generate its own part
+of them), so a sharded run draws the same batches, noise and times as a single-device
+one; only the order of the sums differs. Sampling and the log-density need only their points split
 (:func:`shard_rows`) and the network replicated.
 
 :func:`per_shard` is the other tool: ``jax.shard_map`` runs a function on each
