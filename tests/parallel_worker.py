@@ -58,6 +58,13 @@ for b in range(3):
                               np.sort(np.asarray(x1[rows]), axis=0))
         permutes_within &= same and np.array_equal(y0[rows], x0[rows])
 out["ot_global"], out["ot_per_shard"] = global_costs, shard_costs
+# Training with pairs made per shard: the step's batch is split, each device pairs its own.
+_, history_ot = train.fit(points, steps=40, batch_size=64, learning_rate=3e-3, seed=0,
+                          chunk_size=40, progress=False, mesh=mesh,
+                          coupling=parallel.per_shard(couplings.exact_ot, mesh))
+out["per_shard_ot_fit_finite"] = bool(np.all(np.isfinite(history_ot.loss)))
+out["per_shard_ot_fit_decreased"] = bool(history_ot.loss[-10:].mean()
+                                         < history_ot.loss[:10].mean())
 out["ot_permutes_within_shards"] = bool(permutes_within)
 
 # 3. Sampling and log-densities of split points against one device.

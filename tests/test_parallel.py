@@ -51,6 +51,10 @@ def test_per_shard_ot_never_beats_one_assignment(eight):
     assert np.all(shard_cost > global_cost), "32 points a shard: strictly worse here"
 
 
+def test_fit_trains_with_minibatch_ot_per_shard(eight):
+    assert eight["per_shard_ot_fit_finite"] and eight["per_shard_ot_fit_decreased"]
+
+
 def test_sharded_evaluation_equals_one_device(eight):
     assert eight["sample_gap"] <= 1e-5
     assert eight["log_prob_gap_fixed"] <= 1e-5 * max(1.0, eight["log_prob_scale_fixed"])
