@@ -9,7 +9,6 @@ Usage: python benchmarks/scaling_worker.py STEPS BATCH [BATCH ...]
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -20,6 +19,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from common import seconds  # noqa: E402  (benchmarks/, this script's folder)
 from fm_helpers import data, parallel, train  # noqa: E402
 
 DEVICE_COUNTS = (1, 2, 4, 8)
@@ -36,13 +36,9 @@ def step_seconds(batch: int, devices: int, steps: int, points, repeats: int = 5)
         state, data_on = parallel.replicate(state, mesh), parallel.replicate(points, mesh)
     chunk = train.make_train_chunk(batch, steps, batch_sharding=sharding)
     run = chunk.lower(graphdef, state, jax.random.PRNGKey(1), data_on).compile()
-    jax.block_until_ready(run(state, jax.random.PRNGKey(1), data_on))  # warm up
-    best = np.inf
-    for _ in range(repeats):
-        tick = time.perf_counter()
-        jax.block_until_ready(run(state, jax.random.PRNGKey(1), data_on))
-        best = min(best, time.perf_counter() - tick)
-    return best / steps
+    args = (state, jax.random.PRNGKey(1), data_on)
+    seconds(run, *args)  # warm up
+    return min(seconds(run, *args)[1] for _ in range(repeats)) / steps
 
 
 def main(steps: int, batches: list[int]) -> dict:

@@ -16,8 +16,8 @@ replicated (:func:`replicate`), and each step's batch is split along ``"data"``
 how its inputs are split, random numbers included (JAX's
 ``jax_threefry_partitionable``, on by default, lets each device generate its own part
 of them), so a sharded run draws the same batches, noise and times as a single-device
-one; only the order of the sums differs. Sampling and the log-density need only their points split
-(:func:`shard_rows`) and the network replicated.
+one; only the order of the sums differs. Sampling and the log-density need only their
+points split (:func:`shard_rows`) and the network replicated.
 
 :func:`per_shard` is the other tool: ``jax.shard_map`` runs a function on each
 device's shard alone, with no communication unless the function asks for it. Minibatch
